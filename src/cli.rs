@@ -1,0 +1,483 @@
+//! The command line: parsing, wiring the real AWS clients into the rotation, and printing.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use rekey_adapters::{Options, Target, TargetSpec};
+
+use crate::clock::SystemClock;
+use crate::iam::{AwsIam, StsKeyCheck};
+use crate::journal::{Journal, Outcome};
+use crate::probe::{HttpProbe, Probe};
+use crate::progress::Progress;
+use crate::rotation::{self, Effects, Factory, Refusal, Report, Settings, TargetSetting};
+use crate::wait::Streak;
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const INTERNAL: i32 = 1;
+    pub const REFUSED: i32 = 2;
+    pub const ROLLED_BACK: i32 = 3;
+    pub const FAILED: i32 = 4;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "rekey", version, about = "Rotate AWS IAM access keys of deployed applications with zero downtime")]
+pub struct Cli {
+    /// AWS profile to run as (the rotating principal, never the user being rotated).
+    #[arg(long, global = true, env = "AWS_PROFILE")]
+    profile: Option<String>,
+    /// AWS region of the targets and of the STS endpoint used to check the new key.
+    #[arg(long, global = true)]
+    region: Option<String>,
+    /// Where journals of rotations are kept (default: $XDG_STATE_HOME/rekey or ~/.local/state/rekey).
+    #[arg(long, global = true, env = "REKEY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Output format on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+    /// More logging on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replace a user's access key everywhere it is used, then deactivate the old key.
+    Rotate(RotateArgs),
+    /// Finish or roll back a rotation that was interrupted (crash, kill -9, lost connection).
+    Resume(ResumeArgs),
+    /// Show unfinished rotations.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct RotateArgs {
+    /// The IAM user whose access key is rotated.
+    #[arg(long)]
+    user: String,
+    /// The key to replace, when the user has more than one.
+    #[arg(long, value_name = "AKIA…")]
+    old_key: Option<String>,
+    /// Where the key is used, in order: secretsmanager:<secret-id>, ecs:[<cluster>/]<service>, env:<path>.
+    #[arg(long = "target", value_name = "SPEC", required = true)]
+    targets: Vec<TargetSpec>,
+    /// Shell command run after the --target just before it is written (and after its rollback).
+    #[arg(long = "restart-cmd", value_name = "CMD")]
+    restart_cmds: Vec<String>,
+    /// Health URL that must answer 2xx several times in a row before the old key is deactivated.
+    #[arg(long = "probe", value_name = "URL")]
+    probes: Vec<String>,
+    #[command(flatten)]
+    waits: WaitArgs,
+    /// Keep the old key Active this long after the probes pass (e.g. 10m), for consumers that cache credentials.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    grace: Duration,
+    /// Delete the old key after deactivating it (default: leave it Inactive, so the change can be undone).
+    #[arg(long)]
+    delete_old: bool,
+    /// Bound on an ECS rollout.
+    #[arg(long, value_parser = parse_duration, default_value = "15m")]
+    ecs_timeout: Duration,
+    /// Print what would change and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct WaitArgs {
+    /// Consecutive successful sts:GetCallerIdentity calls with the new key before it is used.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    verify_successes: u32,
+    /// Bound on waiting for the new key to work.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    verify_timeout: Duration,
+    /// Consecutive 2xx answers each probe must give.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    probe_successes: u32,
+    /// Bound on waiting for each probe.
+    #[arg(long, value_parser = parse_duration, default_value = "2m")]
+    probe_timeout: Duration,
+    /// Pause between two successful checks.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    check_interval: Duration,
+}
+
+#[derive(Args, Debug)]
+struct ResumeArgs {
+    /// The user whose rotation was interrupted.
+    #[arg(long)]
+    user: String,
+    /// Undo the rotation even if it could be finished.
+    #[arg(long)]
+    rollback: bool,
+    #[command(flatten)]
+    waits: WaitArgs,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Only this user.
+    #[arg(long)]
+    user: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 10m, 1h)"))
+}
+
+impl WaitArgs {
+    fn verify(&self) -> Streak {
+        Streak { successes: self.verify_successes, timeout: self.verify_timeout, interval: self.check_interval }
+    }
+    fn probe(&self) -> Streak {
+        Streak { successes: self.probe_successes, timeout: self.probe_timeout, interval: self.check_interval }
+    }
+}
+
+/// Pair each `--restart-cmd` with the `--target` written just before it on the command line.
+fn restart_cmds_by_target(m: &ArgMatches, targets: usize) -> Result<Vec<Option<String>>, String> {
+    let mut out = vec![None; targets];
+    let target_idx: Vec<usize> = m.indices_of("targets").map(|i| i.collect()).unwrap_or_default();
+    let cmds: Vec<&String> = m.get_many::<String>("restart_cmds").map(|v| v.collect()).unwrap_or_default();
+    let cmd_idx: Vec<usize> = m.indices_of("restart_cmds").map(|i| i.collect()).unwrap_or_default();
+    for (cmd, at) in cmds.into_iter().zip(cmd_idx) {
+        let Some(t) = target_idx.iter().rposition(|&ti| ti < at) else {
+            return Err("--restart-cmd must follow the --target it restarts; write --target env:<path> --restart-cmd '<command>'".into());
+        };
+        if out[t].replace(cmd.clone()).is_some() {
+            return Err("two --restart-cmd for one --target; join them with && in one command".into());
+        }
+    }
+    Ok(out)
+}
+
+struct AwsFactory {
+    sdk: aws_types::SdkConfig,
+    progress: bool,
+    poll_interval: Duration,
+}
+
+impl Factory for AwsFactory {
+    fn target(&self, spec: &TargetSpec, restart_cmd: Option<&str>, ecs_timeout: Duration) -> Box<dyn Target> {
+        let options = Options {
+            ecs_timeout,
+            poll_interval: self.poll_interval,
+            restart_cmd: restart_cmd.map(str::to_string),
+            progress: self.progress,
+            ..Options::default()
+        };
+        rekey_adapters::build(spec, &self.sdk, &options)
+    }
+
+    fn probe(&self, url: &str) -> Result<Box<dyn Probe>, String> {
+        Ok(Box::new(HttpProbe::new(url, Duration::from_secs(5))?))
+    }
+}
+
+fn default_state_dir() -> Result<PathBuf, String> {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("rekey"));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".local/state/rekey")),
+        None => Err("no HOME or XDG_STATE_HOME to keep journals in; pass --state-dir".into()),
+    }
+}
+
+async fn load_sdk(cli: &Cli) -> Result<aws_types::SdkConfig, String> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(p) = &cli.profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(r) = &cli.region {
+        loader = loader.region(aws_config::Region::new(r.clone()));
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        return Err("no AWS region configured; pass --region or set AWS_REGION".into());
+    }
+    Ok(sdk)
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "rekey=info,rekey_adapters=info,warn",
+        1 => "rekey=debug,rekey_adapters=debug,info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// Resolves when the user asks rekey to stop (Ctrl-C or SIGTERM).
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::warn!("interrupted: rolling back (this may take a moment)");
+}
+
+/// Parse, run, print; returns the process exit code.
+pub async fn main() -> i32 {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return exit::OK;
+        }
+        Err(e) => {
+            // One line: clap's own text adds a usage block and a tip that bury the problem.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid usage").trim_start_matches("error: ");
+            eprintln!("rekey: {first}; see `rekey --help`");
+            return exit::REFUSED;
+        }
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return exit::REFUSED;
+        }
+    };
+    init_logging(cli.verbose);
+    let json = cli.output == OutputFormat::Json;
+    let state_dir = match cli.state_dir.clone().map(Ok).unwrap_or_else(default_state_dir) {
+        Ok(d) => d,
+        Err(e) => return refuse(json, "", &e),
+    };
+
+    match &cli.command {
+        Command::Status(args) => status(&state_dir, args.user.as_deref(), json),
+        Command::Rotate(args) => {
+            let sub = matches.subcommand_matches("rotate").expect("rotate matched");
+            let restart = match restart_cmds_by_target(sub, args.targets.len()) {
+                Ok(r) => r,
+                Err(e) => return refuse(json, &args.user, &e),
+            };
+            let settings = Settings {
+                user: args.user.clone(),
+                old_key: args.old_key.clone(),
+                targets: args.targets.iter().cloned().zip(restart).map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd }).collect(),
+                probes: args.probes.clone(),
+                verify: args.waits.verify(),
+                probe: args.waits.probe(),
+                grace: args.grace,
+                delete_old: args.delete_old,
+                dry_run: args.dry_run,
+                ecs_timeout: args.ecs_timeout,
+            };
+            run_with_aws(&cli, state_dir, &settings, json, None).await
+        }
+        Command::Resume(args) => {
+            let settings = Settings {
+                user: args.user.clone(),
+                old_key: None,
+                targets: Vec::new(),
+                probes: Vec::new(),
+                verify: args.waits.verify(),
+                probe: args.waits.probe(),
+                grace: Duration::ZERO,
+                delete_old: false,
+                dry_run: false,
+                ecs_timeout: Duration::from_secs(900),
+            };
+            run_with_aws(&cli, state_dir, &settings, json, Some(args.rollback)).await
+        }
+    }
+}
+
+async fn run_with_aws(cli: &Cli, state_dir: PathBuf, settings: &Settings, json: bool, resume: Option<bool>) -> i32 {
+    let sdk = match load_sdk(cli).await {
+        Ok(s) => s,
+        Err(e) => return refuse(json, &settings.user, &e),
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let progress = Progress::new(terminal);
+    let iam = AwsIam::new(&sdk);
+    let key_check = StsKeyCheck::new(&sdk);
+    let factory = AwsFactory { sdk: sdk.clone(), progress: terminal, poll_interval: Duration::from_secs(5) };
+    let fx = Effects { iam: &iam, key_check: &key_check, clock: &SystemClock, factory: &factory, progress: &progress, state_dir };
+    let result = match resume {
+        None => rotation::rotate(&fx, settings, interrupted()).await,
+        Some(force_rollback) => rotation::resume(&fx, &settings.user, force_rollback, settings, interrupted()).await,
+    };
+    match result {
+        Ok(report) => {
+            print_report(&report, json);
+            match report.outcome() {
+                Outcome::Rotated | Outcome::Planned => exit::OK,
+                Outcome::RolledBack => exit::ROLLED_BACK,
+                Outcome::Failed => exit::FAILED,
+                Outcome::Refused => exit::REFUSED,
+            }
+        }
+        Err(Refusal(e)) => refuse(json, &settings.user, &e),
+    }
+}
+
+fn refuse(json: bool, user: &str, error: &str) -> i32 {
+    if json {
+        println!("{}", serde_json::to_string(&Report::refused(user, error)).expect("report serializes"));
+    }
+    eprintln!("rekey: {error}");
+    exit::REFUSED
+}
+
+fn print_report(r: &Report, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).expect("report serializes"));
+        if let Some(e) = &r.error {
+            eprintln!("rekey: {}: {e}", r.outcome);
+        }
+        return;
+    }
+    let key = |k: &Option<String>| k.clone().unwrap_or_else(|| "-".into());
+    let headline = match r.outcome() {
+        Outcome::Rotated => format!(
+            "rotated {}: {} -> {} (old key {})",
+            r.user,
+            key(&r.old_key_id),
+            key(&r.new_key_id),
+            r.old_key_status.map(|s| s.to_string()).unwrap_or_else(|| "deleted".into())
+        ),
+        Outcome::Planned => format!("plan for {}: replace {} (dry run, nothing changed)", r.user, key(&r.old_key_id)),
+        Outcome::RolledBack => format!("rolled back {}: {} is still the Active key; every target was restored", r.user, key(&r.old_key_id)),
+        Outcome::Failed => format!("FAILED and could not roll back fully for {}", r.user),
+        Outcome::Refused => format!("refused for {}", r.user),
+    };
+    println!("{headline}");
+    if let Some(e) = &r.error {
+        println!("  cause: {e}");
+    }
+    if !r.targets.is_empty() {
+        println!("  targets:");
+        for t in &r.targets {
+            println!("    {:<48} {}", t.target, t.status);
+            for c in &t.changes {
+                println!("      would {c}");
+            }
+        }
+    }
+    if !r.steps.is_empty() {
+        println!("  steps:");
+        for s in &r.steps {
+            println!("    {:<48} {:<8} {:>8} ms", s.name, s.status, s.duration_ms);
+        }
+    }
+    for w in &r.warnings {
+        println!("  warning: {w}");
+    }
+    if !r.left.is_empty() {
+        println!("  left to do:");
+        for l in &r.left {
+            println!("    - {l}");
+        }
+    }
+    if let Some(j) = &r.journal {
+        println!("  journal: {}", j.display());
+    }
+    if r.outcome() != Outcome::Rotated {
+        if let Some(e) = &r.error {
+            eprintln!("rekey: {}: {e}", r.outcome);
+        }
+    }
+}
+
+fn status(state_dir: &std::path::Path, user: Option<&str>, json: bool) -> i32 {
+    let unfinished = match Journal::list_unfinished(state_dir) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("rekey: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    let rows: Vec<serde_json::Value> = unfinished
+        .iter()
+        .filter(|(_, s)| user.is_none_or(|u| u == s.begin.user))
+        .map(|(path, s)| {
+            serde_json::json!({
+                "user": s.begin.user,
+                "rotation_id": s.begin.rotation_id,
+                "old_key_id": s.begin.old_key_id,
+                "new_key_id": s.new_key_id,
+                "last_step": s.last_step(),
+                "targets": s.begin.targets.iter().map(|t| &t.spec).collect::<Vec<_>>(),
+                "journal": path,
+                "next": format!("rekey resume --user {}", s.begin.user),
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "unfinished": rows })).expect("serializes"));
+    } else if rows.is_empty() {
+        println!("no unfinished rotations in {}", state_dir.display());
+    } else {
+        for r in &rows {
+            println!(
+                "{}: unfinished rotation {} of {} (new key {}), stopped at \"{}\"; run `{}`",
+                r["user"].as_str().unwrap_or_default(),
+                r["rotation_id"].as_str().unwrap_or_default(),
+                r["old_key_id"].as_str().unwrap_or_default(),
+                r["new_key_id"].as_str().unwrap_or("not created"),
+                r["last_step"].as_str().unwrap_or_default(),
+                r["next"].as_str().unwrap_or_default(),
+            );
+            println!("  journal: {}", r["journal"].as_str().unwrap_or_default());
+        }
+    }
+    exit::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rotate_matches(args: &[&str]) -> ArgMatches {
+        let m = Cli::command().try_get_matches_from(args).unwrap();
+        m.subcommand_matches("rotate").unwrap().clone()
+    }
+
+    #[test]
+    fn restart_cmd_belongs_to_the_target_before_it() {
+        let m = rotate_matches(&[
+            "rekey", "rotate", "--user", "u", "--target", "env:/a", "--restart-cmd", "restart a", "--target", "secretsmanager:s",
+            "--target", "env:/b", "--restart-cmd", "restart b",
+        ]);
+        let r = restart_cmds_by_target(&m, 3).unwrap();
+        assert_eq!(r, vec![Some("restart a".into()), None, Some("restart b".into())]);
+    }
+
+    #[test]
+    fn restart_cmd_before_any_target_is_refused() {
+        let m = rotate_matches(&["rekey", "rotate", "--user", "u", "--restart-cmd", "x", "--target", "env:/a"]);
+        assert!(restart_cmds_by_target(&m, 1).unwrap_err().contains("must follow"));
+    }
+
+    #[test]
+    fn a_bad_target_spec_is_a_usage_error() {
+        let e = Cli::command().try_get_matches_from(["rekey", "rotate", "--user", "u", "--target", "s3:bucket"]).unwrap_err();
+        assert!(e.to_string().contains("unknown kind"), "{e}");
+        assert!(e.use_stderr());
+    }
+}

@@ -1,0 +1,278 @@
+//! IAM access-key lifecycle and the "does this key work" check, behind traits so that the rotation
+//! can be driven through every failure in tests.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_credential_types::Credentials;
+use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_iam::types::StatusType;
+use rekey_adapters::NewKey;
+use secrecy::SecretString;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum KeyStatus {
+    Active,
+    Inactive,
+}
+
+impl std::fmt::Display for KeyStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyStatus::Active => "Active",
+            KeyStatus::Inactive => "Inactive",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: String,
+    pub status: KeyStatus,
+    pub created: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LastUsed {
+    pub date: Option<SystemTime>,
+    pub service: Option<String>,
+    pub region: Option<String>,
+}
+
+impl std::fmt::Display for LastUsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.date {
+            None => f.write_str("never used"),
+            Some(d) => {
+                write!(f, "last used {}", humantime::format_rfc3339_seconds(d))?;
+                if let Some(s) = self.service.as_deref().filter(|s| *s != "N/A") {
+                    write!(f, " ({s}")?;
+                    if let Some(r) = self.region.as_deref().filter(|r| *r != "N/A") {
+                        write!(f, " in {r}")?;
+                    }
+                    f.write_str(")")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Who rekey itself runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub arn: String,
+    pub account: String,
+    /// The IAM user name when the caller is an IAM user (not a role session or root).
+    pub user_name: Option<String>,
+}
+
+impl Caller {
+    pub fn from_arn(arn: &str, account: &str) -> Caller {
+        let user_name = arn.split_once(":user/").map(|(_, path)| path.rsplit('/').next().unwrap_or(path).to_string());
+        Caller { arn: arn.to_string(), account: account.to_string(), user_name }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IamError {
+    #[error("no IAM user named {0:?}")]
+    NoSuchUser(String),
+    #[error("no access key {0} on that user")]
+    NoSuchKey(String),
+    #[error("the user already has 2 access keys (IAM's limit)")]
+    LimitExceeded,
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The IAM calls a rotation makes, all signed by the rotating principal.
+#[async_trait]
+pub trait Iam: Send + Sync {
+    async fn caller(&self) -> Result<Caller, IamError>;
+    async fn list_keys(&self, user: &str) -> Result<Vec<KeyInfo>, IamError>;
+    async fn last_used(&self, key_id: &str) -> Result<LastUsed, IamError>;
+    async fn create_key(&self, user: &str) -> Result<NewKey, IamError>;
+    async fn set_status(&self, user: &str, key_id: &str, status: KeyStatus) -> Result<(), IamError>;
+    async fn delete_key(&self, user: &str, key_id: &str) -> Result<(), IamError>;
+    /// Describe a key the way the console does: a user tag whose key is the access key id.
+    async fn tag_key(&self, user: &str, key_id: &str, description: &str) -> Result<(), IamError>;
+    async fn untag_key(&self, user: &str, key_id: &str) -> Result<(), IamError>;
+}
+
+/// Signs one `sts:GetCallerIdentity` with a key: the only reliable "does it work yet" test, since
+/// it needs no permission and fails for a key that has not propagated or was deactivated.
+#[async_trait]
+pub trait KeyCheck: Send + Sync {
+    /// The caller ARN on success, the error code otherwise.
+    async fn check(&self, key: &NewKey) -> Result<String, String>;
+}
+
+pub struct AwsIam {
+    iam: aws_sdk_iam::Client,
+    sts: aws_sdk_sts::Client,
+}
+
+impl AwsIam {
+    pub fn new(sdk: &aws_types::SdkConfig) -> Self {
+        AwsIam { iam: aws_sdk_iam::Client::new(sdk), sts: aws_sdk_sts::Client::new(sdk) }
+    }
+}
+
+fn iam_error<E>(err: aws_sdk_iam::error::SdkError<E>, user: &str, key_id: Option<&str>) -> IamError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err.code() {
+        Some("NoSuchEntity") => match key_id {
+            Some(k) if err.message().is_some_and(|m| m.contains(k)) => IamError::NoSuchKey(k.to_string()),
+            _ => IamError::NoSuchUser(user.to_string()),
+        },
+        Some("LimitExceeded") => IamError::LimitExceeded,
+        Some(code) if code.starts_with("AccessDenied") || code == "InvalidClientTokenId" || code == "SignatureDoesNotMatch" => {
+            IamError::AccessDenied(err.message().unwrap_or(code).to_string())
+        }
+        _ => IamError::Other(DisplayErrorContext(&err).to_string()),
+    }
+}
+
+fn to_system_time(t: &aws_sdk_iam::primitives::DateTime) -> Option<SystemTime> {
+    SystemTime::try_from(*t).ok()
+}
+
+#[async_trait]
+impl Iam for AwsIam {
+    async fn caller(&self) -> Result<Caller, IamError> {
+        let out = self.sts.get_caller_identity().send().await.map_err(|e| match e.code() {
+            Some(code) => IamError::AccessDenied(format!("{code}: {}", e.message().unwrap_or("no message"))),
+            None => IamError::Other(aws_sdk_sts::error::DisplayErrorContext(&e).to_string()),
+        })?;
+        Ok(Caller::from_arn(out.arn().unwrap_or_default(), out.account().unwrap_or_default()))
+    }
+
+    async fn list_keys(&self, user: &str) -> Result<Vec<KeyInfo>, IamError> {
+        let out = self.iam.list_access_keys().user_name(user).send().await.map_err(|e| iam_error(e, user, None))?;
+        Ok(out
+            .access_key_metadata()
+            .iter()
+            .map(|k| KeyInfo {
+                id: k.access_key_id().unwrap_or_default().to_string(),
+                status: match k.status() {
+                    Some(StatusType::Active) => KeyStatus::Active,
+                    _ => KeyStatus::Inactive,
+                },
+                created: k.create_date().and_then(to_system_time),
+            })
+            .collect())
+    }
+
+    async fn last_used(&self, key_id: &str) -> Result<LastUsed, IamError> {
+        let out = self
+            .iam
+            .get_access_key_last_used()
+            .access_key_id(key_id)
+            .send()
+            .await
+            .map_err(|e| iam_error(e, "", Some(key_id)))?;
+        let used = out.access_key_last_used();
+        Ok(LastUsed {
+            date: used.and_then(|u| u.last_used_date()).and_then(to_system_time),
+            service: used.map(|u| u.service_name().to_string()),
+            region: used.map(|u| u.region().to_string()),
+        })
+    }
+
+    async fn create_key(&self, user: &str) -> Result<NewKey, IamError> {
+        let out = self.iam.create_access_key().user_name(user).send().await.map_err(|e| iam_error(e, user, None))?;
+        let key = out.access_key().ok_or_else(|| IamError::Other("CreateAccessKey returned no key".into()))?;
+        Ok(NewKey::new(key.access_key_id(), SecretString::from(key.secret_access_key().to_string())))
+    }
+
+    async fn set_status(&self, user: &str, key_id: &str, status: KeyStatus) -> Result<(), IamError> {
+        let status = match status {
+            KeyStatus::Active => StatusType::Active,
+            KeyStatus::Inactive => StatusType::Inactive,
+        };
+        self.iam
+            .update_access_key()
+            .user_name(user)
+            .access_key_id(key_id)
+            .status(status)
+            .send()
+            .await
+            .map_err(|e| iam_error(e, user, Some(key_id)))?;
+        Ok(())
+    }
+
+    async fn delete_key(&self, user: &str, key_id: &str) -> Result<(), IamError> {
+        self.iam
+            .delete_access_key()
+            .user_name(user)
+            .access_key_id(key_id)
+            .send()
+            .await
+            .map_err(|e| iam_error(e, user, Some(key_id)))?;
+        Ok(())
+    }
+
+    async fn tag_key(&self, user: &str, key_id: &str, description: &str) -> Result<(), IamError> {
+        let tag = aws_sdk_iam::types::Tag::builder()
+            .key(key_id)
+            .value(description)
+            .build()
+            .map_err(|e| IamError::Other(e.to_string()))?;
+        self.iam.tag_user().user_name(user).tags(tag).send().await.map_err(|e| iam_error(e, user, None))?;
+        Ok(())
+    }
+
+    async fn untag_key(&self, user: &str, key_id: &str) -> Result<(), IamError> {
+        self.iam.untag_user().user_name(user).tag_keys(key_id).send().await.map_err(|e| iam_error(e, user, None))?;
+        Ok(())
+    }
+}
+
+/// Checks a key against STS in one region, with credentials built only for that call.
+pub struct StsKeyCheck {
+    sdk: aws_types::SdkConfig,
+}
+
+impl StsKeyCheck {
+    pub fn new(sdk: &aws_types::SdkConfig) -> Self {
+        StsKeyCheck { sdk: sdk.clone() }
+    }
+}
+
+#[async_trait]
+impl KeyCheck for StsKeyCheck {
+    async fn check(&self, key: &NewKey) -> Result<String, String> {
+        // Credentials keeps its copy of the secret in a Zeroizing<String>.
+        let creds = Credentials::new(key.access_key_id.clone(), key.secret().to_string(), None, None, "rekey-new-key");
+        let conf = aws_sdk_sts::config::Builder::from(&self.sdk).credentials_provider(creds).build();
+        let sts = aws_sdk_sts::Client::from_conf(conf);
+        match sts.get_caller_identity().send().await {
+            Ok(out) => Ok(out.arn().unwrap_or_default().to_string()),
+            Err(e) => Err(e.code().map(str::to_string).unwrap_or_else(|| {
+                // Without a code the error is transport-level; its text carries no request data.
+                aws_sdk_sts::error::DisplayErrorContext(&e).to_string()
+            })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_user_name_comes_from_user_arns_only() {
+        assert_eq!(
+            Caller::from_arn("arn:aws:iam::123456789012:user/ops/alice", "123456789012").user_name.as_deref(),
+            Some("alice")
+        );
+        assert_eq!(Caller::from_arn("arn:aws:sts::123456789012:assumed-role/admin/s", "1").user_name, None);
+        assert_eq!(Caller::from_arn("arn:aws:iam::123456789012:root", "1").user_name, None);
+    }
+}

@@ -1,0 +1,818 @@
+//! The rotation, top to bottom: preflight, create, verify, push, probe, deactivate; and the way
+//! back from any point, in this process or, after a crash, from the journal.
+//!
+//! Every side effect goes through a trait ([`Iam`], [`KeyCheck`], [`Target`], [`Probe`], [`Clock`]),
+//! and every decision about what to undo is taken from the journal's [`State`], never from local
+//! variables: the rollback after a failure here and the rollback by `rekey resume` after a crash
+//! are then the same code.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rekey_adapters::{Role, Target, TargetSpec};
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::iam::{Iam, IamError, KeyCheck, KeyStatus};
+use crate::journal::{Begin, Event, Journal, JournalError, Outcome, Phase, State, StepState, TargetRecord, now_rfc3339};
+use crate::probe::Probe;
+use crate::progress::Progress;
+use crate::wait::{Streak, until_streak};
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub user: String,
+    pub old_key: Option<String>,
+    pub targets: Vec<TargetSetting>,
+    pub probes: Vec<String>,
+    pub verify: Streak,
+    pub probe: Streak,
+    pub grace: Duration,
+    pub delete_old: bool,
+    pub dry_run: bool,
+    pub ecs_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetSetting {
+    pub spec: TargetSpec,
+    pub restart_cmd: Option<String>,
+}
+
+/// Builds targets and probes, so that `resume` can rebuild them from the journal and tests can
+/// hand in fakes.
+pub trait Factory: Send + Sync {
+    fn target(&self, spec: &TargetSpec, restart_cmd: Option<&str>, ecs_timeout: Duration) -> Box<dyn Target>;
+    fn probe(&self, url: &str) -> Result<Box<dyn Probe>, String>;
+}
+
+/// The side effects a rotation may have.
+pub struct Effects<'a> {
+    pub iam: &'a dyn Iam,
+    pub key_check: &'a dyn KeyCheck,
+    pub clock: &'a dyn Clock,
+    pub factory: &'a dyn Factory,
+    pub progress: &'a Progress,
+    pub state_dir: PathBuf,
+}
+
+/// A refusal before anything changed: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+impl From<JournalError> for Refusal {
+    fn from(e: JournalError) -> Self {
+        Refusal(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub name: String,
+    pub status: &'static str,
+    pub duration_ms: u128,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    pub target: String,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+}
+
+/// What happened, for the human summary and `--output json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub user: String,
+    pub outcome: &'static str,
+    pub old_key_id: Option<String>,
+    pub new_key_id: Option<String>,
+    pub old_key_status: Option<KeyStatus>,
+    pub targets: Vec<TargetReport>,
+    pub steps: Vec<StepReport>,
+    pub journal: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What a failed rollback left behind, and how to finish.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    pub fn outcome(&self) -> Outcome {
+        match self.outcome {
+            "rotated" => Outcome::Rotated,
+            "rolled_back" => Outcome::RolledBack,
+            "planned" => Outcome::Planned,
+            "refused" => Outcome::Refused,
+            _ => Outcome::Failed,
+        }
+    }
+
+    pub fn refused(user: &str, error: &str) -> Report {
+        Report {
+            user: user.to_string(),
+            outcome: Outcome::Refused.as_str(),
+            old_key_id: None,
+            new_key_id: None,
+            old_key_status: None,
+            targets: Vec::new(),
+            steps: Vec::new(),
+            journal: None,
+            error: Some(error.to_string()),
+            left: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// What preflight decided.
+struct Plan {
+    caller_arn: String,
+    account: String,
+    old_key_id: String,
+    existing_keys: Vec<String>,
+    /// The user's Inactive second key, deleted to make room for the new one.
+    free_slot: Option<String>,
+    targets: Vec<Box<dyn Target>>,
+    changes: Vec<Vec<String>>,
+    probes: Vec<Box<dyn Probe>>,
+    warnings: Vec<String>,
+}
+
+/// Why the forward path stopped.
+struct Failure {
+    step: String,
+    error: String,
+}
+
+impl Failure {
+    fn new(step: impl Into<String>, error: impl ToString) -> Self {
+        Failure { step: step.into(), error: error.to_string() }
+    }
+}
+
+impl From<JournalError> for Failure {
+    fn from(e: JournalError) -> Self {
+        Failure::new("journal", e)
+    }
+}
+
+/// One rotation in flight: its journal, its targets, and what the report will say.
+struct Run<'a> {
+    fx: &'a Effects<'a>,
+    journal: Journal,
+    targets: Vec<Box<dyn Target>>,
+    probes: Vec<Box<dyn Probe>>,
+    steps: Vec<StepReport>,
+    warnings: Vec<String>,
+    changes: Vec<Vec<String>>,
+}
+
+/// Rotate one user's key. Ctrl-C (or any `interrupt`) rolls back.
+pub async fn rotate(fx: &Effects<'_>, settings: &Settings, interrupt: impl Future<Output = ()>) -> Result<Report, Refusal> {
+    let started = Instant::now();
+    let plan = preflight(fx, settings).await?;
+    let preflight_step = StepReport { name: "preflight".into(), status: "ok", duration_ms: started.elapsed().as_millis() };
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    if settings.dry_run {
+        return Ok(planned_report(settings, &plan, preflight_step));
+    }
+
+    let begin = Begin {
+        rotation_id: humantime::format_rfc3339_millis(fx.clock.now()).to_string().replace([':', '-', '.'], ""),
+        user: settings.user.clone(),
+        account: plan.account.clone(),
+        principal: plan.caller_arn.clone(),
+        old_key_id: plan.old_key_id.clone(),
+        existing_keys: plan.existing_keys.clone(),
+        targets: settings
+            .targets
+            .iter()
+            .map(|t| TargetRecord { spec: t.spec.raw.clone(), restart_cmd: t.restart_cmd.clone() })
+            .collect(),
+        probes: settings.probes.clone(),
+        delete_old: settings.delete_old,
+        grace_secs: settings.grace.as_secs(),
+        ecs_timeout_secs: settings.ecs_timeout.as_secs(),
+    };
+    let journal = Journal::create(&fx.state_dir, begin, fx.clock.now())?;
+    let mut run = Run {
+        fx,
+        journal,
+        targets: plan.targets,
+        probes: plan.probes,
+        steps: vec![preflight_step],
+        warnings: plan.warnings,
+        changes: plan.changes,
+    };
+
+    let forward = tokio::select! {
+        result = run.forward(settings, plan.free_slot.as_deref()) => result,
+        () = interrupt => Err(Failure::new("interrupted", "interrupted by the user (Ctrl-C)")),
+    };
+    Ok(match forward {
+        Ok(()) => run.complete(None).await,
+        Err(failure) => run.roll_back(failure).await,
+    })
+}
+
+/// Finish or undo an unfinished rotation after a crash.
+pub async fn resume(
+    fx: &Effects<'_>,
+    user: &str,
+    force_rollback: bool,
+    settings: &Settings,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Report, Refusal> {
+    let Some(journal) = Journal::open(&fx.state_dir, user)? else {
+        return Err(Refusal(format!("no unfinished rotation of {user} in {}; `rekey status` lists them", fx.state_dir.display())));
+    };
+    let state = journal.state().clone();
+    let begin = &state.begin;
+    let ecs_timeout = Duration::from_secs(begin.ecs_timeout_secs);
+    let mut targets = Vec::new();
+    for t in &begin.targets {
+        let spec: TargetSpec = t.spec.parse().map_err(|e: rekey_adapters::SpecError| Refusal(format!("journal {}: {e}", journal.path().display())))?;
+        targets.push(fx.factory.target(&spec, t.restart_cmd.as_deref(), ecs_timeout));
+    }
+    let mut probes = Vec::new();
+    for url in &begin.probes {
+        probes.push(fx.factory.probe(url).map_err(Refusal)?);
+    }
+    let changes = vec![Vec::new(); targets.len()];
+    let mut run = Run { fx, journal, targets, probes, steps: Vec::new(), warnings: Vec::new(), changes };
+    tracing::info!(user, last_step = %state.last_step(), "resuming the rotation journaled in {}", run.journal.path().display());
+
+    if state.delete_old.started() || (state.deactivate == StepState::Done && !force_rollback) {
+        // The old key is off or gone: only the end of the forward path is left.
+        let result = run.after_deactivation(begin.delete_old).await;
+        return Ok(match result {
+            Ok(()) => run.complete(None).await,
+            Err(f) => run.roll_back(f).await,
+        });
+    }
+    if let Some(reason) = state.rollback_reason.clone() {
+        return Ok(run.roll_back(Failure::new("resume", format!("finishing the rollback begun after: {reason}"))).await);
+    }
+    let all_pushed = !state.consumers.is_empty() && state.consumers.iter().all(|s| *s == StepState::Done);
+    let can_finish = state.verify == StepState::Done && all_pushed;
+    if force_rollback || !can_finish {
+        let why = if force_rollback {
+            "rollback asked for with --rollback".to_string()
+        } else {
+            format!("the rotation stopped at \"{}\", before every target had the new key", state.last_step())
+        };
+        return Ok(run.roll_back(Failure::new("resume", why)).await);
+    }
+    let forward = tokio::select! {
+        r = run.finish_forward(settings.probe.clone(), begin.delete_old, Duration::from_secs(begin.grace_secs)) => r,
+        () = interrupt => Err(Failure::new("interrupted", "interrupted by the user (Ctrl-C)")),
+    };
+    Ok(match forward {
+        Ok(()) => run.complete(None).await,
+        Err(f) => run.roll_back(f).await,
+    })
+}
+
+async fn preflight(fx: &Effects<'_>, s: &Settings) -> Result<Plan, Refusal> {
+    let user = &s.user;
+    if let Some(path) = Journal::unfinished_path(&fx.state_dir, user) {
+        return Err(JournalError::Unfinished { user: user.clone(), path }.into());
+    }
+    if s.targets.is_empty() {
+        return Err(Refusal(format!(
+            "no --target given for {user}: the new key would reach no consumer; name where the key is used, e.g. --target secretsmanager:<secret-id>"
+        )));
+    }
+    let caller = fx.iam.caller().await.map_err(|e| Refusal(format!("cannot tell who rekey runs as: {e}; check your AWS credentials")))?;
+    if caller.user_name.as_deref() == Some(user.as_str()) {
+        return Err(Refusal(format!(
+            "rekey is running as {user}, the user being rotated; its credentials are the ones about to change: run it as another principal (an admin user or role)"
+        )));
+    }
+    let keys = fx.iam.list_keys(user).await.map_err(|e| match e {
+        IamError::NoSuchUser(_) => Refusal(format!("no IAM user named {user:?} in account {}; check --user", caller.account)),
+        other => Refusal(format!("cannot list the access keys of {user}: {other}")),
+    })?;
+    let existing_keys: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+    let active: Vec<_> = keys.iter().filter(|k| k.status == KeyStatus::Active).collect();
+
+    let old = match &s.old_key {
+        Some(id) => {
+            let k = keys.iter().find(|k| &k.id == id).ok_or_else(|| {
+                Refusal(format!("{user} has no access key {id} (its keys: {}); check --old-key", list_or_none(&existing_keys)))
+            })?;
+            if k.status != KeyStatus::Active {
+                return Err(Refusal(format!("{id} of {user} is already Inactive: there is nothing to replace; delete it or name the Active key")));
+            }
+            k
+        }
+        None => match active.as_slice() {
+            [] => return Err(Refusal(format!("{user} has no Active access key to rotate; create one or check --user"))),
+            [one] => one,
+            [a, b, ..] => {
+                let (ua, ub) = (fx.iam.last_used(&a.id).await.unwrap_or_default(), fx.iam.last_used(&b.id).await.unwrap_or_default());
+                return Err(Refusal(format!(
+                    "{user} has two Active keys, {} ({ua}) and {} ({ub}); retire the unused one (deactivate, then delete) or name the one to replace with --old-key",
+                    a.id, b.id
+                )));
+            }
+        },
+    };
+    let mut free_slot = None;
+    if let Some(other) = keys.iter().find(|k| k.id != old.id) {
+        if other.status == KeyStatus::Active {
+            return Err(Refusal(format!(
+                "{user} also has the Active key {} and IAM allows 2 keys per user, so no new key fits; retire {} first",
+                other.id, other.id
+            )));
+        }
+        free_slot = Some(other.id.clone());
+    }
+
+    let mut targets = Vec::new();
+    let mut changes = Vec::new();
+    let mut warnings = Vec::new();
+    let mut stores: Vec<String> = Vec::new();
+    for t in &s.targets {
+        let target = fx.factory.target(&t.spec, t.restart_cmd.as_deref(), s.ecs_timeout);
+        let pre = target.preflight().await.map_err(|e| Refusal(format!("target {e}")))?;
+        if let Some(held) = pre.current_key_id.as_deref().filter(|held| *held != old.id) {
+            return Err(Refusal(format!(
+                "target {} holds key {held}, not {}, the key being replaced; fix the target or name the right key with --old-key",
+                t.spec, old.id
+            )));
+        }
+        for store in &pre.reads_from {
+            if !stores.iter().any(|s| store.starts_with(s.as_str()) || s.starts_with(store.as_str())) {
+                return Err(Refusal(format!(
+                    "target {} reads the key from {store}, which no earlier target updates; add --target secretsmanager:{store} before it",
+                    t.spec
+                )));
+            }
+        }
+        stores.extend(pre.store_arn.clone());
+        warnings.extend(pre.warnings.iter().map(|w| format!("{}: {w}", t.spec)));
+        changes.push(pre.changes);
+        targets.push(target);
+    }
+    let mut probes = Vec::new();
+    for url in &s.probes {
+        probes.push(fx.factory.probe(url).map_err(Refusal)?);
+    }
+    if probes.is_empty() {
+        warnings.push(
+            "no --probe given: only the key itself will be checked, not that the application works with it; add --probe <health URL>".into(),
+        );
+    }
+    if let Some(k) = &free_slot {
+        warnings.push(format!("{user}'s Inactive key {k} will be deleted to make room for the new key (IAM allows 2 per user)"));
+    }
+    Ok(Plan {
+        caller_arn: caller.arn,
+        account: caller.account,
+        old_key_id: old.id.clone(),
+        existing_keys,
+        free_slot,
+        targets,
+        changes,
+        probes,
+        warnings,
+    })
+}
+
+impl Run<'_> {
+    fn record(&mut self, event: Event) -> Result<(), Failure> {
+        Ok(self.journal.record(event)?)
+    }
+
+    fn state(&self) -> &State {
+        self.journal.state()
+    }
+
+    fn step(&mut self, name: impl Into<String>, status: &'static str, started: Instant) {
+        self.steps.push(StepReport { name: name.into(), status, duration_ms: started.elapsed().as_millis() });
+    }
+
+    fn user(&self) -> String {
+        self.state().begin.user.clone()
+    }
+
+    /// The forward path of a fresh rotation.
+    async fn forward(&mut self, s: &Settings, free_slot: Option<&str>) -> Result<(), Failure> {
+        let user = self.user();
+        let (iam, clock) = (self.fx.iam, self.fx.clock);
+
+        if let Some(k) = free_slot {
+            let t = Instant::now();
+            self.record(Event::FreeSlot { key_id: k.into(), phase: Phase::Begin })?;
+            iam.delete_key(&user, k).await.map_err(|e| Failure::new("free_slot", format!("deleting the Inactive key {k}: {e}")))?;
+            let _ = iam.untag_key(&user, k).await;
+            self.record(Event::FreeSlot { key_id: k.into(), phase: Phase::Done })?;
+            self.step("free_slot", "ok", t);
+        }
+
+        // Create the key. From here on, every failure rolls back.
+        let t = Instant::now();
+        self.record(Event::CreateKey { phase: Phase::Begin, key_id: None })?;
+        let key = iam.create_key(&user).await.map_err(|e| Failure::new("create_key", e))?;
+        self.record(Event::CreateKey { phase: Phase::Done, key_id: Some(key.access_key_id.clone()) })?;
+        let description = format!("rekey rotation {} at {}", self.state().begin.rotation_id, now_rfc3339(clock.now()));
+        if let Err(e) = iam.tag_key(&user, &key.access_key_id, &description).await {
+            self.warnings.push(format!("could not tag the new key {} with its description: {e}", key.access_key_id));
+        }
+        self.step("create_key", "ok", t);
+        tracing::info!(new_key = %key.access_key_id, "created the new access key");
+
+        // Put the secret somewhere durable before anything else can fail.
+        self.snapshot(0).await?;
+        let snapshot = self.state().snapshots[0].clone().expect("snapshot 0 was just journaled");
+        self.record(Event::Stage { target: 0, phase: Phase::Begin })?;
+        let staged = self.targets[0].stage(&key, &snapshot).await.map_err(|e| Failure::new("stage", e))?;
+        self.record(Event::Stage { target: 0, phase: if staged { Phase::Done } else { Phase::Failed } })?;
+
+        // Wait until the key works, several times in a row.
+        let t = Instant::now();
+        self.record(Event::Verify { phase: Phase::Begin })?;
+        let check = self.fx.key_check;
+        until_streak(clock, &s.verify, self.fx.progress, &format!("new key {}", key.access_key_id), || async {
+            check.check(&key).await.map(|_| ())
+        })
+        .await
+        .map_err(|e| Failure::new("verify_key", format!("the new key {} never worked: {e}", key.access_key_id)))?;
+        self.fx.progress.done();
+        self.record(Event::Verify { phase: Phase::Done })?;
+        self.step("verify_key", "ok", t);
+
+        // Push to every target, in the order given.
+        for i in 0..self.targets.len() {
+            let t = Instant::now();
+            let name = format!("apply:{}", self.targets[i].name());
+            if self.state().snapshots[i].is_none() {
+                self.snapshot(i).await?;
+            }
+            let snapshot = self.state().snapshots[i].clone().expect("snapshot journaled");
+            self.record(Event::Apply { target: i, phase: Phase::Begin })?;
+            self.targets[i].apply(&key, &snapshot).await.map_err(|e| Failure::new(&name, e))?;
+            self.record(Event::Apply { target: i, phase: Phase::Done })?;
+            self.record(Event::Consumers { target: i, phase: Phase::Begin })?;
+            self.targets[i].wait_consumers(&snapshot).await.map_err(|e| Failure::new(&name, e))?;
+            self.fx.progress.done();
+            self.record(Event::Consumers { target: i, phase: Phase::Done })?;
+            self.step(name, "ok", t);
+        }
+        // The targets hold the secret now; the process no longer needs it.
+        drop(key);
+
+        self.finish_forward(s.probe.clone(), s.delete_old, s.grace).await
+    }
+
+    async fn snapshot(&mut self, i: usize) -> Result<(), Failure> {
+        let name = self.targets[i].name().to_string();
+        let snapshot = self.targets[i].snapshot().await.map_err(|e| Failure::new(format!("apply:{name}"), e))?;
+        self.record(Event::Snapshot { target: i, snapshot })
+    }
+
+    /// Probe, wait out the grace period, deactivate the old key: the part of the forward path that
+    /// needs no secret, which is why `resume` can run it too.
+    async fn finish_forward(&mut self, probe: Streak, delete_old: bool, grace: Duration) -> Result<(), Failure> {
+        if self.state().probe != StepState::Done {
+            let t = Instant::now();
+            self.record(Event::Probe { phase: Phase::Begin })?;
+            self.probe_all(&probe, "probe").await?;
+            self.record(Event::Probe { phase: Phase::Done })?;
+            self.step("probe", if self.probes.is_empty() { "skipped" } else { "ok" }, t);
+        }
+
+        let until = match self.state().grace_until {
+            Some(u) => Some(u),
+            None if !grace.is_zero() => Some(self.fx.clock.now() + grace),
+            None => None,
+        };
+        if let Some(until) = until.filter(|_| self.state().grace != StepState::Done) {
+            let t = Instant::now();
+            if self.state().grace == StepState::NotStarted {
+                self.record(Event::Grace { phase: Phase::Begin, until: Some(now_rfc3339(until)) })?;
+            }
+            tracing::info!("grace period: the old key stays Active until {}", now_rfc3339(until));
+            self.fx.progress.update(&format!("grace period until {}", now_rfc3339(until)));
+            self.fx.clock.sleep(self.fx.clock.until(until)).await;
+            self.fx.progress.done();
+            self.record(Event::Grace { phase: Phase::Done, until: None })?;
+            self.step("grace", "ok", t);
+        }
+
+        let t = Instant::now();
+        let (user, old) = (self.user(), self.state().begin.old_key_id.clone());
+        self.record(Event::Deactivate { key_id: old.clone(), phase: Phase::Begin })?;
+        self.fx
+            .iam
+            .set_status(&user, &old, KeyStatus::Inactive)
+            .await
+            .map_err(|e| Failure::new("deactivate_old", format!("deactivating {old}: {e}")))?;
+        self.record(Event::Deactivate { key_id: old.clone(), phase: Phase::Done })?;
+        self.step("deactivate_old", "ok", t);
+
+        // A consumer that still used the old key breaks now; turning the key back on is instant.
+        if !self.probes.is_empty() {
+            let t = Instant::now();
+            self.record(Event::ProbeAfter { phase: Phase::Begin })?;
+            self.probe_all(&probe, "probe_after_deactivation").await?;
+            self.record(Event::ProbeAfter { phase: Phase::Done })?;
+            self.step("probe_after_deactivation", "ok", t);
+        }
+        self.after_deactivation(delete_old).await
+    }
+
+    async fn after_deactivation(&mut self, delete_old: bool) -> Result<(), Failure> {
+        if !delete_old || self.state().delete_old == StepState::Done {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let (user, old) = (self.user(), self.state().begin.old_key_id.clone());
+        self.record(Event::DeleteOld { key_id: old.clone(), phase: Phase::Begin })?;
+        match self.fx.iam.delete_key(&user, &old).await {
+            Ok(()) | Err(IamError::NoSuchKey(_)) => {
+                let _ = self.fx.iam.untag_key(&user, &old).await;
+                self.record(Event::DeleteOld { key_id: old, phase: Phase::Done })?;
+                self.step("delete_old", "ok", t);
+            }
+            // The rotation itself succeeded; a key left Inactive is safe and easy to delete later.
+            Err(e) => {
+                self.record(Event::DeleteOld { key_id: old.clone(), phase: Phase::Failed })?;
+                self.step("delete_old", "failed", t);
+                self.warnings.push(format!("could not delete the old key {old} ({e}); it is Inactive: delete it with `aws iam delete-access-key --user-name {user} --access-key-id {old}`"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn probe_all(&mut self, streak: &Streak, step: &str) -> Result<(), Failure> {
+        for i in 0..self.probes.len() {
+            let probe = &self.probes[i];
+            let label = format!("probe {}", probe.name());
+            until_streak(self.fx.clock, streak, self.fx.progress, &label, || probe.check())
+                .await
+                .map_err(|e| Failure::new(step, format!("{} is not healthy: {e}", probe.name())))?;
+            self.fx.progress.done();
+        }
+        Ok(())
+    }
+
+    /// The rotation went through: clean up what was kept for rollback and close the journal.
+    async fn complete(mut self, error: Option<String>) -> Report {
+        for i in 0..self.targets.len() {
+            if let Some(snapshot) = self.state().snapshots[i].clone() {
+                if let Err(e) = self.targets[i].finish(&snapshot).await {
+                    self.warnings.push(format!("cleanup of {}: {e}", self.targets[i].name()));
+                }
+            }
+        }
+        let old_status = if self.state().delete_old == StepState::Done { None } else { Some(KeyStatus::Inactive) };
+        let statuses = vec!["updated"; self.targets.len()];
+        self.finish_journal(Outcome::Rotated, error, old_status, statuses, Vec::new())
+    }
+
+    /// Undo everything the journal says was done. Targets first (stores, then deployers that
+    /// re-read them), then the new key, so that no consumer is ever left holding a deleted key.
+    async fn roll_back(mut self, failure: Failure) -> Report {
+        self.fx.progress.done();
+        let reason = format!("{}: {}", failure.step, failure.error);
+        tracing::error!("rotation failed at {reason}; rolling back");
+        if self.steps.iter().all(|s| s.name != failure.step) {
+            self.steps.push(StepReport { name: failure.step.clone(), status: "failed", duration_ms: 0 });
+        }
+        let mut left = Vec::new();
+        if self.state().rollback_reason.is_none() {
+            if let Err(e) = self.record(Event::RollbackStart { reason: reason.clone() }) {
+                left.push(format!("the journal could not be written ({}); check {}", e.error, self.journal.path().display()));
+            }
+        }
+        let user = self.user();
+        let n = self.targets.len();
+        let mut statuses = vec!["unchanged"; n];
+        let order: Vec<usize> = (0..n)
+            .rev()
+            .filter(|&i| self.targets[i].role() == Role::Store)
+            .chain((0..n).rev().filter(|&i| self.targets[i].role() == Role::Deployer))
+            .collect();
+        for i in order {
+            let Some(snapshot) = self.state().snapshots[i].clone() else { continue };
+            let t = Instant::now();
+            let name = format!("rollback:{}", self.targets[i].name());
+            let _ = self.record(Event::Restore { target: i, phase: Phase::Begin, error: None });
+            match self.targets[i].rollback(&snapshot).await {
+                Ok(()) => {
+                    let _ = self.record(Event::Restore { target: i, phase: Phase::Done, error: None });
+                    statuses[i] = "restored";
+                    self.step(name, "ok", t);
+                    if let Err(e) = self.targets[i].finish(&snapshot).await {
+                        self.warnings.push(format!("cleanup of {}: {e}", self.targets[i].name()));
+                    }
+                }
+                Err(e) => {
+                    let _ = self.record(Event::Restore { target: i, phase: Phase::Failed, error: Some(e.to_string()) });
+                    statuses[i] = "restore_failed";
+                    self.step(name, "failed", t);
+                    left.push(format!("{} still holds the new key: {e}", self.targets[i].name()));
+                }
+            }
+            self.fx.progress.done();
+        }
+
+        // The old key must be usable again before the new one goes away.
+        let old = self.state().begin.old_key_id.clone();
+        if self.state().deactivate.started() && self.state().delete_old != StepState::Done {
+            let t = Instant::now();
+            let _ = self.record(Event::Reactivate { key_id: old.clone(), phase: Phase::Begin });
+            match self.fx.iam.set_status(&user, &old, KeyStatus::Active).await {
+                Ok(()) => {
+                    let _ = self.record(Event::Reactivate { key_id: old.clone(), phase: Phase::Done });
+                    self.step("reactivate_old", "ok", t);
+                }
+                Err(e) => {
+                    self.step("reactivate_old", "failed", t);
+                    left.push(format!("the old key {old} is still Inactive ({e}): reactivate it with `aws iam update-access-key --user-name {user} --access-key-id {old} --status Active`"));
+                }
+            }
+        }
+
+        // Delete the new key only when no target still hands it out.
+        let new_key = self.state().new_key_id.clone();
+        if left.is_empty() {
+            for key in self.keys_to_delete(&user).await {
+                let t = Instant::now();
+                let _ = self.record(Event::DeleteNewKey { key_id: key.clone(), phase: Phase::Begin });
+                match self.fx.iam.delete_key(&user, &key).await {
+                    Ok(()) | Err(IamError::NoSuchKey(_)) => {
+                        let _ = self.fx.iam.untag_key(&user, &key).await;
+                        let _ = self.record(Event::DeleteNewKey { key_id: key.clone(), phase: Phase::Done });
+                        self.step("delete_new_key", "ok", t);
+                    }
+                    Err(e) => {
+                        self.step("delete_new_key", "failed", t);
+                        left.push(format!("the new key {key} still exists ({e}): delete it with `aws iam delete-access-key --user-name {user} --access-key-id {key}`"));
+                    }
+                }
+            }
+        } else if let Some(key) = &new_key {
+            left.push(format!("the new key {key} was kept because a target still uses it"));
+        }
+
+        let old_status = if self.state().delete_old == StepState::Done {
+            None
+        } else if left.iter().any(|l| l.contains("still Inactive")) {
+            Some(KeyStatus::Inactive)
+        } else {
+            Some(KeyStatus::Active)
+        };
+        if left.is_empty() {
+            self.finish_journal(Outcome::RolledBack, Some(reason), old_status, statuses, left)
+        } else {
+            left.push(format!("fix the above, then run `rekey resume --user {user}` to finish the rollback"));
+            self.failed_report(reason, old_status, statuses, left)
+        }
+    }
+
+    /// The new key, or when the process died inside CreateAccessKey, any key the user did not have
+    /// before: its secret is lost, so it can only be an orphan.
+    async fn keys_to_delete(&mut self, user: &str) -> Vec<String> {
+        let state = self.state();
+        if let Some(k) = &state.new_key_id {
+            return if state.new_key_deleted == StepState::Done { Vec::new() } else { vec![k.clone()] };
+        }
+        if state.create == StepState::NotStarted {
+            return Vec::new();
+        }
+        let existing = state.begin.existing_keys.clone();
+        match self.fx.iam.list_keys(user).await {
+            Ok(keys) => keys.into_iter().map(|k| k.id).filter(|id| !existing.contains(id)).collect(),
+            Err(e) => {
+                self.warnings.push(format!("could not list {user}'s keys to find an orphan new key: {e}"));
+                Vec::new()
+            }
+        }
+    }
+
+    fn finish_journal(
+        mut self,
+        outcome: Outcome,
+        error: Option<String>,
+        old_key_status: Option<KeyStatus>,
+        statuses: Vec<&'static str>,
+        left: Vec<String>,
+    ) -> Report {
+        if let Err(e) = self.record(Event::End { outcome }) {
+            self.warnings.push(format!("could not close the journal: {}", e.error));
+        }
+        let state = self.journal.state().clone();
+        let Run { journal, targets, steps, mut warnings, changes, .. } = self;
+        let mut journal_path = journal.path().to_path_buf();
+        if state.ended.is_some() {
+            match journal.archive() {
+                Ok(p) => journal_path = p,
+                Err(e) => warnings.push(format!("could not archive the journal: {e}")),
+            }
+        }
+        let parts = ReportParts { steps, warnings, changes, targets, statuses, left, journal: journal_path };
+        parts.into_report(&state, outcome, error, old_key_status)
+    }
+
+    /// The rollback could not finish: the journal stays active so that `resume` can retry.
+    fn failed_report(self, error: String, old_key_status: Option<KeyStatus>, statuses: Vec<&'static str>, left: Vec<String>) -> Report {
+        let state = self.journal.state().clone();
+        let Run { journal, targets, steps, warnings, changes, .. } = self;
+        let parts = ReportParts { steps, warnings, changes, targets, statuses, left, journal: journal.path().to_path_buf() };
+        parts.into_report(&state, Outcome::Failed, Some(error), old_key_status)
+    }
+}
+
+struct ReportParts {
+    steps: Vec<StepReport>,
+    warnings: Vec<String>,
+    changes: Vec<Vec<String>>,
+    targets: Vec<Box<dyn Target>>,
+    statuses: Vec<&'static str>,
+    left: Vec<String>,
+    journal: PathBuf,
+}
+
+impl ReportParts {
+    fn into_report(self, state: &State, outcome: Outcome, error: Option<String>, old_key_status: Option<KeyStatus>) -> Report {
+        Report {
+            user: state.begin.user.clone(),
+            outcome: outcome.as_str(),
+            old_key_id: Some(state.begin.old_key_id.clone()),
+            new_key_id: state.new_key_id.clone(),
+            old_key_status,
+            targets: self
+                .targets
+                .iter()
+                .zip(self.statuses)
+                .zip(self.changes)
+                .map(|((t, status), changes)| TargetReport { target: t.name().to_string(), status, changes })
+                .collect(),
+            steps: self.steps,
+            journal: Some(self.journal),
+            error,
+            left: self.left,
+            warnings: self.warnings,
+        }
+    }
+}
+
+fn planned_report(s: &Settings, plan: &Plan, preflight: StepReport) -> Report {
+    let mut steps = vec![preflight];
+    let mut plan_step = |name: String| steps.push(StepReport { name, status: "planned", duration_ms: 0 });
+    if plan.free_slot.is_some() {
+        plan_step("free_slot".into());
+    }
+    plan_step("create_key".into());
+    plan_step("verify_key".into());
+    for t in &plan.targets {
+        plan_step(format!("apply:{}", t.name()));
+    }
+    plan_step("probe".into());
+    if !s.grace.is_zero() {
+        plan_step("grace".into());
+    }
+    plan_step("deactivate_old".into());
+    if s.delete_old {
+        plan_step("delete_old".into());
+    }
+    Report {
+        user: s.user.clone(),
+        outcome: Outcome::Planned.as_str(),
+        old_key_id: Some(plan.old_key_id.clone()),
+        new_key_id: None,
+        old_key_status: Some(KeyStatus::Active),
+        targets: plan
+            .targets
+            .iter()
+            .zip(&plan.changes)
+            .map(|(t, c)| TargetReport { target: t.name().to_string(), status: "unchanged", changes: c.clone() })
+            .collect(),
+        steps,
+        journal: None,
+        error: None,
+        left: Vec::new(),
+        warnings: plan.warnings.clone(),
+    }
+}
+
+fn list_or_none(keys: &[String]) -> String {
+    if keys.is_empty() { "none".into() } else { keys.join(", ") }
+}
+
+#[cfg(test)]
+#[path = "rotation_tests.rs"]
+mod tests;

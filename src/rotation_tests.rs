@@ -1,0 +1,348 @@
+//! The state machine driven through each of its paths with recording fakes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::iam::KeyStatus::{Active, Inactive};
+use crate::journal::Journal;
+use crate::testing::{FakeClock, FakeFactory, FakeIam, FakeKeyCheck, Op, World};
+
+const OLD: &str = "AKIAOLD0000000000001";
+const USER: &str = "app-integration-user";
+
+struct Bed {
+    world: Arc<World>,
+    clock: FakeClock,
+    dir: tempfile::TempDir,
+    specs: Vec<String>,
+}
+
+impl Bed {
+    fn new(specs: &[&str]) -> Bed {
+        let world = World::new().with_user(USER, &[(OLD, Active)]);
+        for i in 0..specs.len() {
+            world.target_values.lock().unwrap().insert(i, OLD.into());
+        }
+        Bed {
+            world,
+            clock: FakeClock::new(),
+            dir: tempfile::tempdir().unwrap(),
+            specs: specs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        let streak = Streak { successes: 3, timeout: Duration::from_secs(60), interval: Duration::from_secs(1) };
+        Settings {
+            user: USER.into(),
+            old_key: None,
+            targets: self.specs.iter().map(|s| TargetSetting { spec: s.parse().unwrap(), restart_cmd: None }).collect(),
+            probes: vec!["http://app/health".into()],
+            verify: streak.clone(),
+            probe: streak,
+            grace: Duration::ZERO,
+            delete_old: false,
+            dry_run: false,
+            ecs_timeout: Duration::from_secs(900),
+        }
+    }
+
+    async fn run_with(&self, settings: &Settings) -> Result<Report, Refusal> {
+        let (iam, check) = (FakeIam(self.world.clone()), FakeKeyCheck(self.world.clone()));
+        let factory = FakeFactory { world: self.world.clone(), specs: self.specs.clone() };
+        let progress = Progress::off();
+        let fx = Effects {
+            iam: &iam,
+            key_check: &check,
+            clock: &self.clock,
+            factory: &factory,
+            progress: &progress,
+            state_dir: self.dir.path().to_path_buf(),
+        };
+        rotate(&fx, settings, std::future::pending()).await
+    }
+
+    async fn run(&self) -> Report {
+        self.run_with(&self.settings()).await.expect("not refused")
+    }
+
+    async fn resume(&self, force_rollback: bool) -> Result<Report, Refusal> {
+        let (iam, check) = (FakeIam(self.world.clone()), FakeKeyCheck(self.world.clone()));
+        let factory = FakeFactory { world: self.world.clone(), specs: self.specs.clone() };
+        let progress = Progress::off();
+        let fx = Effects {
+            iam: &iam,
+            key_check: &check,
+            clock: &self.clock,
+            factory: &factory,
+            progress: &progress,
+            state_dir: self.dir.path().to_path_buf(),
+        };
+        resume(&fx, USER, force_rollback, &self.settings(), std::future::pending()).await
+    }
+
+    /// The clean state after a rollback: only the old key, Active, and every target back on it.
+    fn assert_rolled_back(&self) {
+        assert_eq!(self.world.keys_of(USER), vec![(OLD.to_string(), Active)]);
+        for i in 0..self.specs.len() {
+            assert_eq!(self.world.value(i).as_deref(), Some(OLD), "target {i} restored");
+        }
+        assert!(Journal::list_unfinished(self.dir.path()).unwrap().is_empty());
+    }
+
+    fn assert_rotated(&self) -> String {
+        let keys = self.world.keys_of(USER);
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert_eq!(keys[0], (OLD.to_string(), Inactive));
+        let (new, status) = keys[1].clone();
+        assert_eq!(status, Active);
+        for i in 0..self.specs.len() {
+            assert_eq!(self.world.value(i).as_deref(), Some(new.as_str()), "target {i} holds the new key");
+        }
+        assert!(Journal::list_unfinished(self.dir.path()).unwrap().is_empty());
+        new
+    }
+}
+
+#[tokio::test]
+async fn rotates_and_deactivates_only_after_targets_and_probes() {
+    let bed = Bed::new(&["secretsmanager:app", "ecs:prod/api"]);
+    let report = bed.run().await;
+    assert_eq!(report.outcome, "rotated", "{report:?}");
+    let new = bed.assert_rotated();
+    assert_eq!(report.new_key_id.as_deref(), Some(new.as_str()));
+    let calls = bed.world.calls();
+    let pos = |c: &str| calls.iter().position(|x| x == c).unwrap_or_else(|| panic!("{c} not in {calls:?}"));
+    assert!(pos("stage 0") < pos("apply 0"), "the secret is staged before anything else");
+    assert!(pos("apply 0") < pos("apply 1") && pos("wait 1") < pos("probe"));
+    assert!(pos("probe") < pos(&format!("set_status {OLD} Inactive")));
+    assert!(calls.contains(&"finish 0".to_string()));
+    let names: Vec<_> = report.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["preflight", "create_key", "verify_key", "apply:secretsmanager:app", "apply:ecs:prod/api", "probe", "deactivate_old", "probe_after_deactivation"]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_probe_rolls_back_every_target_and_deletes_the_new_key() {
+    let bed = Bed::new(&["env:/a", "secretsmanager:app"]);
+    *bed.world.probe_answers.lock().unwrap() = vec![false; 1000];
+    let report = bed.run().await;
+    assert_eq!(report.outcome, "rolled_back", "{report:?}");
+    assert!(report.error.as_deref().unwrap().contains("probe"), "{report:?}");
+    bed.assert_rolled_back();
+    let calls = bed.world.calls();
+    let pos = |c: &str| calls.iter().position(|x| x == c).unwrap();
+    assert!(pos("rollback 1") < pos("rollback 0"), "reverse order");
+    assert!(!calls.iter().any(|c| c.starts_with("set_status")), "the old key was never touched");
+    assert_eq!(report.old_key_status, Some(Active));
+}
+
+#[tokio::test]
+async fn stores_are_restored_before_deployers_that_read_them() {
+    let bed = Bed::new(&["secretsmanager:app", "ecs:prod/api", "env:/a"]);
+    bed.world.fail(Op::Apply(2), "disk full");
+    let report = bed.run().await;
+    assert_eq!(report.outcome, "rolled_back");
+    let calls = bed.world.calls();
+    let rollbacks: Vec<_> = calls.iter().filter(|c| c.starts_with("rollback")).cloned().collect();
+    assert_eq!(rollbacks, ["rollback 2", "rollback 0", "rollback 1"]);
+    bed.assert_rolled_back();
+}
+
+#[tokio::test]
+async fn a_key_that_never_propagates_is_deleted_and_nothing_else_changes() {
+    let bed = Bed::new(&["env:/a"]);
+    *bed.world.key_check_failures.lock().unwrap() = u32::MAX;
+    let report = bed.run().await;
+    assert_eq!(report.outcome, "rolled_back");
+    assert!(report.error.as_deref().unwrap().contains("never worked"), "{report:?}");
+    assert!(!bed.world.calls().contains(&"apply 0".to_string()));
+    bed.assert_rolled_back();
+    assert!(bed.clock.elapsed() >= Duration::from_secs(60), "waited the whole verify timeout");
+}
+
+#[tokio::test]
+async fn a_slow_key_is_used_once_it_works_three_times_in_a_row() {
+    let bed = Bed::new(&["env:/a"]);
+    *bed.world.key_check_failures.lock().unwrap() = 4;
+    assert_eq!(bed.run().await.outcome, "rotated");
+    bed.assert_rotated();
+}
+
+#[tokio::test]
+async fn a_failed_rollback_keeps_the_new_key_and_says_what_is_left() {
+    let bed = Bed::new(&["env:/a", "env:/b"]);
+    bed.world.fail(Op::Wait(1), "restart failed");
+    bed.world.fail(Op::Rollback(0), "permission denied");
+    let report = bed.run().await;
+    assert_eq!(report.outcome, "failed", "{report:?}");
+    assert!(report.left.iter().any(|l| l.contains("env:/a") && l.contains("permission denied")), "{:?}", report.left);
+    assert!(report.left.iter().any(|l| l.contains("rekey resume --user")), "{:?}", report.left);
+    assert_eq!(bed.world.keys_of(USER).len(), 2, "the new key stays while a target uses it");
+    assert_eq!(Journal::list_unfinished(bed.dir.path()).unwrap().len(), 1, "the journal stays for resume");
+
+    // Once the cause is fixed, resume finishes the rollback.
+    bed.world.faults_clear();
+    let report = bed.resume(false).await.unwrap();
+    assert_eq!(report.outcome, "rolled_back", "{report:?}");
+    bed.assert_rolled_back();
+}
+
+#[tokio::test]
+async fn two_active_keys_are_refused_naming_both() {
+    let bed = Bed::new(&["env:/a"]);
+    bed.world.with_user(USER, &[(OLD, Active), ("AKIAOTHER00000000002", Active)]);
+    let err = bed.run_with(&bed.settings()).await.unwrap_err();
+    assert!(err.0.contains(OLD) && err.0.contains("AKIAOTHER00000000002") && err.0.contains("never used"), "{err}");
+    assert!(bed.world.calls().is_empty(), "nothing changed");
+}
+
+#[tokio::test]
+async fn an_inactive_second_key_is_deleted_to_free_the_slot() {
+    let bed = Bed::new(&["env:/a"]);
+    bed.world.with_user(USER, &[(OLD, Active), ("AKIASTALE00000000002", Inactive)]);
+    let report = bed.run().await;
+    assert_eq!(report.outcome, "rotated");
+    assert!(report.warnings.iter().any(|w| w.contains("AKIASTALE00000000002")));
+    assert_eq!(bed.world.calls()[0], "delete_key AKIASTALE00000000002");
+}
+
+#[tokio::test]
+async fn refusals_change_nothing() {
+    let bed = Bed::new(&["env:/a"]);
+    let mut s = bed.settings();
+    s.user = "nobody".into();
+    assert!(bed.run_with(&s).await.unwrap_err().0.contains("no IAM user named \"nobody\""));
+    let mut s = bed.settings();
+    s.old_key = Some("AKIANOPE000000000000".into());
+    assert!(bed.run_with(&s).await.unwrap_err().0.contains("check --old-key"));
+    *bed.world.caller_user.lock().unwrap() = Some(USER.into());
+    assert!(bed.run_with(&bed.settings()).await.unwrap_err().0.contains("running as app-integration-user"));
+    *bed.world.caller_user.lock().unwrap() = None;
+    bed.world.target_values.lock().unwrap().insert(0, "AKIASOMETHINGELSE000".into());
+    assert!(bed.run_with(&bed.settings()).await.unwrap_err().0.contains("holds key AKIASOMETHINGELSE000"));
+    assert!(bed.world.calls().is_empty(), "nothing changed: {:?}", bed.world.calls());
+}
+
+#[tokio::test]
+async fn dry_run_plans_and_changes_nothing() {
+    let bed = Bed::new(&["env:/a"]);
+    let mut s = bed.settings();
+    s.dry_run = true;
+    let report = bed.run_with(&s).await.unwrap();
+    assert_eq!(report.outcome, "planned");
+    assert!(bed.world.calls().is_empty());
+    assert!(Journal::list_unfinished(bed.dir.path()).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_probe_failing_after_deactivation_turns_the_old_key_back_on() {
+    let bed = Bed::new(&["env:/a"]);
+    // Three passes before deactivation, then the app breaks.
+    *bed.world.probe_answers.lock().unwrap() = [vec![true; 3], vec![false; 1000]].concat();
+    let report = bed.run().await;
+    assert_eq!(report.outcome, "rolled_back", "{report:?}");
+    assert!(bed.world.calls().contains(&format!("set_status {OLD} Active")));
+    bed.assert_rolled_back();
+}
+
+#[tokio::test]
+async fn grace_keeps_the_old_key_active_that_long() {
+    let bed = Bed::new(&["env:/a"]);
+    let mut s = bed.settings();
+    s.grace = Duration::from_secs(3600);
+    assert_eq!(bed.run_with(&s).await.unwrap().outcome, "rotated");
+    assert!(bed.clock.elapsed() >= Duration::from_secs(3600));
+}
+
+#[tokio::test]
+async fn an_unfinished_rotation_blocks_the_next_one() {
+    let bed = Bed::new(&["env:/a", "env:/b"]);
+    bed.world.fail(Op::Wait(1), "restart failed");
+    bed.world.fail(Op::Rollback(0), "permission denied");
+    assert_eq!(bed.run().await.outcome, "failed");
+    let err = bed.run_with(&bed.settings()).await.unwrap_err();
+    assert!(err.0.contains("rekey resume --user app-integration-user"), "{err}");
+}
+
+#[tokio::test]
+async fn ctrl_c_rolls_back() {
+    let bed = Bed::new(&["env:/a"]);
+    let (iam, check) = (FakeIam(bed.world.clone()), FakeKeyCheck(bed.world.clone()));
+    let factory = FakeFactory { world: bed.world.clone(), specs: bed.specs.clone() };
+    let progress = Progress::off();
+    let fx = Effects { iam: &iam, key_check: &check, clock: &bed.clock, factory: &factory, progress: &progress, state_dir: bed.dir.path().into() };
+    // The app never gets healthy, and the user gives up while rekey waits.
+    *bed.world.probe_answers.lock().unwrap() = vec![false; 1000];
+    let interrupt = async {
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+    };
+    let mut settings = bed.settings();
+    settings.probe.timeout = Duration::from_secs(10 * 24 * 3600);
+    let report = rotate(&fx, &settings, interrupt).await.unwrap();
+    assert_eq!(report.outcome, "rolled_back");
+    assert!(report.error.unwrap().contains("interrupted"));
+    bed.assert_rolled_back();
+}
+
+/// A crash after every journal record, then `resume`: the end state is one of the two clean ones.
+#[tokio::test]
+async fn resume_after_a_crash_at_every_step_ends_clean() {
+    // A full run writes this many records; crash after each.
+    let probe = Bed::new(&["secretsmanager:app", "env:/a"]);
+    assert_eq!(probe.run().await.outcome, "rotated");
+    let history = std::fs::read_dir(probe.dir.path().join("history")).unwrap().next().unwrap().unwrap().path();
+    let records = std::fs::read_to_string(history).unwrap().lines().count();
+    assert!(records > 15, "{records}");
+
+    for crash_after in 1..records {
+        let bed = Bed::new(&["secretsmanager:app", "env:/a"]);
+        let journal = simulate_crash(&bed, crash_after).await;
+        let report = bed.resume(false).await.unwrap_or_else(|e| panic!("crash after {crash_after}: {e}"));
+        match report.outcome {
+            "rotated" => {
+                bed.assert_rotated();
+            }
+            "rolled_back" => bed.assert_rolled_back(),
+            other => panic!("crash after record {crash_after} ({journal}): resume ended {other}: {report:?}"),
+        }
+    }
+}
+
+/// Run a rotation whose journal stops after `n` records, as if the process died there: the
+/// effects of the step that was begun may or may not have happened, and both are tried.
+async fn simulate_crash(bed: &Bed, n: usize) -> String {
+    assert_eq!(bed.run().await.outcome, "rotated");
+    // Rewind the world to the state the journal describes after `n` records, by replaying the
+    // full history's effects up to that point on a fresh world.
+    let history = std::fs::read_dir(bed.dir.path().join("history")).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(&history).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::remove_dir_all(bed.dir.path().join("history")).unwrap();
+    std::fs::create_dir_all(bed.dir.path().join("active")).unwrap();
+    std::fs::write(bed.dir.path().join(format!("active/{USER}.jsonl")), lines[..n].join("\n") + "\n").unwrap();
+    let (state, _) = Journal::load(&bed.dir.path().join(format!("active/{USER}.jsonl"))).unwrap();
+    replay_effects(bed, &state);
+    lines[n - 1].to_string()
+}
+
+/// Set the fake world to what had happened when the journal stopped: a step that was begun but not
+/// recorded done is taken as having happened (the worst case for recovery).
+fn replay_effects(bed: &Bed, state: &crate::journal::State) {
+    let new_key = state.new_key_id.clone().or_else(|| state.create.started().then(|| "AKIANEW0000000000001".to_string()));
+    let mut keys = vec![(OLD, if state.deactivate.started() { Inactive } else { Active })];
+    if let Some(k) = &new_key {
+        keys.push((k.as_str(), Active));
+    }
+    bed.world.with_user(USER, &keys);
+    for (i, applied) in state.applied.iter().enumerate() {
+        let value = if applied.started() { new_key.clone().unwrap() } else { OLD.to_string() };
+        bed.world.target_values.lock().unwrap().insert(i, value);
+    }
+    bed.world.calls.lock().unwrap().clear();
+}

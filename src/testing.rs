@@ -1,0 +1,324 @@
+//! Recording fakes for every side effect of a rotation, with faults that can be switched on per
+//! step, so that unit tests drive each path of the state machine without the emulator.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use rekey_adapters::{ErrorKind, NewKey, Preflight, Role, Snapshot, Target, TargetError, TargetSpec};
+use secrecy::SecretString;
+
+use crate::clock::Clock;
+use crate::iam::{Caller, Iam, IamError, KeyCheck, KeyInfo, KeyStatus, LastUsed};
+use crate::probe::Probe;
+use crate::rotation::Factory;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A clock whose sleeps return at once and move time forward.
+pub struct FakeClock {
+    start: SystemTime,
+    now: Mutex<SystemTime>,
+}
+
+impl FakeClock {
+    pub fn new() -> Self {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        FakeClock { start, now: Mutex::new(start) }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        lock(&self.now).duration_since(self.start).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Clock for FakeClock {
+    fn now(&self) -> SystemTime {
+        *lock(&self.now)
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        *lock(&self.now) += duration;
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The operations a fault can be put on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Create,
+    Delete,
+    SetStatus,
+    Tag,
+    Apply(usize),
+    Wait(usize),
+    Rollback(usize),
+    Stage(usize),
+}
+
+/// Shared by all fakes: the calls made, in order, and the faults to inject.
+#[derive(Default)]
+pub struct World {
+    pub calls: Mutex<Vec<String>>,
+    faults: Mutex<HashMap<Op, String>>,
+    /// user -> keys
+    pub keys: Mutex<HashMap<String, Vec<KeyInfo>>>,
+    pub caller_user: Mutex<Option<String>>,
+    next_key: Mutex<u32>,
+    /// What each target hands to consumers, by target index.
+    pub target_values: Mutex<HashMap<usize, String>>,
+    /// Checks of the new key that fail before they start succeeding (u32::MAX: never works).
+    pub key_check_failures: Mutex<u32>,
+    /// Probe answers, consumed in order; once empty, probes pass.
+    pub probe_answers: Mutex<Vec<bool>>,
+}
+
+impl World {
+    pub fn new() -> Arc<Self> {
+        Arc::new(World::default())
+    }
+
+    pub fn with_user(self: &Arc<Self>, user: &str, keys: &[(&str, KeyStatus)]) -> Arc<Self> {
+        lock(&self.keys).insert(
+            user.to_string(),
+            keys.iter().map(|(id, status)| KeyInfo { id: id.to_string(), status: *status, created: None }).collect(),
+        );
+        self.clone()
+    }
+
+    pub fn fail(&self, op: Op, message: &str) {
+        lock(&self.faults).insert(op, message.to_string());
+    }
+
+    pub fn faults_clear(&self) {
+        lock(&self.faults).clear();
+    }
+
+    fn fault(&self, op: Op) -> Option<String> {
+        lock(&self.faults).get(&op).cloned()
+    }
+
+    fn log(&self, call: String) {
+        lock(&self.calls).push(call);
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
+    pub fn keys_of(&self, user: &str) -> Vec<(String, KeyStatus)> {
+        lock(&self.keys).get(user).map(|ks| ks.iter().map(|k| (k.id.clone(), k.status)).collect()).unwrap_or_default()
+    }
+
+    pub fn value(&self, target: usize) -> Option<String> {
+        lock(&self.target_values).get(&target).cloned()
+    }
+}
+
+pub struct FakeIam(pub Arc<World>);
+
+#[async_trait]
+impl Iam for FakeIam {
+    async fn caller(&self) -> Result<Caller, IamError> {
+        let user = lock(&self.0.caller_user).clone().unwrap_or_else(|| "admin".into());
+        Ok(Caller::from_arn(&format!("arn:aws:iam::123456789012:user/{user}"), "123456789012"))
+    }
+
+    async fn list_keys(&self, user: &str) -> Result<Vec<KeyInfo>, IamError> {
+        lock(&self.0.keys).get(user).cloned().ok_or_else(|| IamError::NoSuchUser(user.into()))
+    }
+
+    async fn last_used(&self, _key_id: &str) -> Result<LastUsed, IamError> {
+        Ok(LastUsed::default())
+    }
+
+    async fn create_key(&self, user: &str) -> Result<NewKey, IamError> {
+        self.0.log(format!("create_key {user}"));
+        if let Some(e) = self.0.fault(Op::Create) {
+            return Err(IamError::Other(e));
+        }
+        let mut keys = lock(&self.0.keys);
+        let list = keys.get_mut(user).ok_or_else(|| IamError::NoSuchUser(user.into()))?;
+        if list.len() >= 2 {
+            return Err(IamError::LimitExceeded);
+        }
+        let mut n = lock(&self.0.next_key);
+        *n += 1;
+        let id = format!("AKIANEW{:013}", *n);
+        list.push(KeyInfo { id: id.clone(), status: KeyStatus::Active, created: None });
+        Ok(NewKey::new(id, SecretString::from(format!("secret-of-new-key-{n}"))))
+    }
+
+    async fn set_status(&self, user: &str, key_id: &str, status: KeyStatus) -> Result<(), IamError> {
+        self.0.log(format!("set_status {key_id} {status}"));
+        if let Some(e) = self.0.fault(Op::SetStatus) {
+            return Err(IamError::Other(e));
+        }
+        let mut keys = lock(&self.0.keys);
+        let k = keys
+            .get_mut(user)
+            .and_then(|l| l.iter_mut().find(|k| k.id == key_id))
+            .ok_or_else(|| IamError::NoSuchKey(key_id.into()))?;
+        k.status = status;
+        Ok(())
+    }
+
+    async fn delete_key(&self, user: &str, key_id: &str) -> Result<(), IamError> {
+        self.0.log(format!("delete_key {key_id}"));
+        if let Some(e) = self.0.fault(Op::Delete) {
+            return Err(IamError::Other(e));
+        }
+        let mut keys = lock(&self.0.keys);
+        let list = keys.get_mut(user).ok_or_else(|| IamError::NoSuchUser(user.into()))?;
+        let before = list.len();
+        list.retain(|k| k.id != key_id);
+        if list.len() == before { Err(IamError::NoSuchKey(key_id.into())) } else { Ok(()) }
+    }
+
+    async fn tag_key(&self, _user: &str, key_id: &str, _description: &str) -> Result<(), IamError> {
+        self.0.log(format!("tag_key {key_id}"));
+        match self.0.fault(Op::Tag) {
+            Some(e) => Err(IamError::AccessDenied(e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn untag_key(&self, _user: &str, _key_id: &str) -> Result<(), IamError> {
+        Ok(())
+    }
+}
+
+pub struct FakeKeyCheck(pub Arc<World>);
+
+#[async_trait]
+impl KeyCheck for FakeKeyCheck {
+    async fn check(&self, key: &NewKey) -> Result<String, String> {
+        let mut failures = lock(&self.0.key_check_failures);
+        if *failures > 0 {
+            if *failures != u32::MAX {
+                *failures -= 1;
+            }
+            return Err("InvalidClientTokenId".into());
+        }
+        Ok(format!("arn:aws:iam::123456789012:user/for-{}", key.access_key_id))
+    }
+}
+
+/// A target holding one key id; the secret it receives is recorded only as "was given".
+pub struct FakeTarget {
+    world: Arc<World>,
+    index: usize,
+    name: String,
+    role: Role,
+    stages: bool,
+}
+
+#[async_trait]
+impl Target for FakeTarget {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    async fn preflight(&self) -> Result<Preflight, TargetError> {
+        Ok(Preflight { current_key_id: self.world.value(self.index), ..Preflight::default() })
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, TargetError> {
+        self.world.log(format!("snapshot {}", self.index));
+        Ok(Snapshot(serde_json::json!({ "value": self.world.value(self.index) })))
+    }
+
+    async fn stage(&self, _key: &NewKey, _snapshot: &Snapshot) -> Result<bool, TargetError> {
+        self.world.log(format!("stage {}", self.index));
+        if let Some(e) = self.world.fault(Op::Stage(self.index)) {
+            return Err(TargetError::new(&self.name, ErrorKind::Backend(e)));
+        }
+        Ok(self.stages)
+    }
+
+    async fn apply(&self, key: &NewKey, _snapshot: &Snapshot) -> Result<(), TargetError> {
+        self.world.log(format!("apply {}", self.index));
+        if let Some(e) = self.world.fault(Op::Apply(self.index)) {
+            return Err(TargetError::new(&self.name, ErrorKind::Backend(e)));
+        }
+        lock(&self.world.target_values).insert(self.index, key.access_key_id.clone());
+        Ok(())
+    }
+
+    async fn wait_consumers(&self, _snapshot: &Snapshot) -> Result<(), TargetError> {
+        self.world.log(format!("wait {}", self.index));
+        match self.world.fault(Op::Wait(self.index)) {
+            Some(e) => Err(TargetError::new(&self.name, ErrorKind::Consumers(e))),
+            None => Ok(()),
+        }
+    }
+
+    async fn current_key_id(&self) -> Result<Option<String>, TargetError> {
+        Ok(self.world.value(self.index))
+    }
+
+    async fn rollback(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
+        self.world.log(format!("rollback {}", self.index));
+        if let Some(e) = self.world.fault(Op::Rollback(self.index)) {
+            return Err(TargetError::new(&self.name, ErrorKind::Backend(e)));
+        }
+        let old = snapshot.0["value"].as_str().map(str::to_string);
+        let mut values = lock(&self.world.target_values);
+        match old {
+            Some(v) => values.insert(self.index, v),
+            None => values.remove(&self.index),
+        };
+        Ok(())
+    }
+
+    async fn finish(&self, _snapshot: &Snapshot) -> Result<(), TargetError> {
+        self.world.log(format!("finish {}", self.index));
+        Ok(())
+    }
+}
+
+pub struct FakeProbe(pub Arc<World>);
+
+#[async_trait]
+impl Probe for FakeProbe {
+    fn name(&self) -> &str {
+        "http://app/health"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        self.0.log("probe".into());
+        let mut answers = lock(&self.0.probe_answers);
+        if answers.is_empty() || answers.remove(0) { Ok(()) } else { Err("http://app/health: HTTP 503".into()) }
+    }
+}
+
+/// Builds fake targets: `env:` ones are stores that cannot stage, `secretsmanager:` stores that
+/// can, `ecs:` deployers. The index is the order of creation within one rotation.
+pub struct FakeFactory {
+    pub world: Arc<World>,
+    pub specs: Vec<String>,
+}
+
+impl Factory for FakeFactory {
+    fn target(&self, spec: &TargetSpec, _restart_cmd: Option<&str>, _ecs_timeout: Duration) -> Box<dyn Target> {
+        let index = self.specs.iter().position(|s| *s == spec.raw).expect("spec registered with the fake factory");
+        let (role, stages) = match spec.kind {
+            rekey_adapters::TargetKind::Ecs => (Role::Deployer, false),
+            rekey_adapters::TargetKind::SecretsManager => (Role::Store, true),
+            rekey_adapters::TargetKind::Env => (Role::Store, false),
+        };
+        Box::new(FakeTarget { world: self.world.clone(), index, name: spec.raw.clone(), role, stages })
+    }
+
+    fn probe(&self, _url: &str) -> Result<Box<dyn Probe>, String> {
+        Ok(Box::new(FakeProbe(self.world.clone())))
+    }
+}
