@@ -1,0 +1,159 @@
+//! `rekey rotate` with an env-file target against the emulator, with a live app under load that
+//! re-reads the file on every request and signs an STS call with what it finds.
+
+mod support;
+
+use std::time::Duration;
+
+use testbed::app::{self, CredentialSource};
+use testbed::load;
+use testbed::moto::{Creds, Moto, seed};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_file_rotation_has_zero_failed_requests_and_retires_the_old_key() {
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let dir = state_dir();
+    let env_path = write_env_file(dir.path(), &s.app_key);
+    let before = std::fs::read_to_string(&env_path).unwrap();
+    let app = app::start(&moto, CredentialSource::EnvFile(env_path.clone())).await;
+    moto.set_auth(true).await;
+
+    let load = load::start(app.url(), 25);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let target = format!("env:{}", env_path.display());
+    let probe = format!("{}/health", app.url());
+    let mut args = vec!["rotate", "--user", &s.app_user, "--target", &target, "--probe", &probe, "--output", "json"];
+    args.extend(FAST);
+    let out = rekey(&moto, &s.admin, dir.path(), &args).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.stop().await;
+
+    out.assert_code(0);
+    let json = out.json();
+    assert_eq!(json["outcome"], "rotated");
+    assert_eq!(json["old_key_id"], s.app_key.access_key_id.as_str());
+    assert_eq!(json["old_key_status"], "Inactive");
+    assert_eq!(json["targets"][0]["status"], "updated");
+    assert!(json["steps"].as_array().unwrap().iter().all(|s| s["duration_ms"].is_u64()));
+    assert_eq!(report.failed, 0, "failed app requests: {:?}", report.first_failures);
+    assert!(report.total >= 40, "the app was under load the whole time ({} requests)", report.total);
+
+    // The file now holds the new key; every other byte is as it was.
+    let new_id = json["new_key_id"].as_str().unwrap().to_string();
+    let after = std::fs::read_to_string(&env_path).unwrap();
+    let new_secret = after.lines().find_map(|l| l.strip_prefix("AWS_SECRET_ACCESS_KEY='")).unwrap().trim_end_matches('\'').to_string();
+    let expected = before.replace(&s.app_key.access_key_id, &new_id).replace(&s.app_key.secret_access_key, &new_secret);
+    assert_eq!(after, expected);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&env_path).unwrap().permissions().mode() & 0o777, 0o640, "mode kept");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains("rekey")).count(), 0, "no backup left behind");
+
+    // The emulator now rejects the old key and accepts the new one.
+    assert_eq!(sts_check(&moto, &s.app_key).await, Err("InvalidClientTokenId".into()));
+    assert!(sts_check(&moto, &Creds::new(new_id.clone(), new_secret.clone())).await.is_ok());
+    assert_secret_absent(&new_secret, &[&out], dir.path());
+    moto.set_auth(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_probe_restores_the_file_byte_for_byte_and_deletes_the_new_key() {
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let dir = state_dir();
+    let env_path = write_env_file(dir.path(), &s.app_key);
+    let before = std::fs::read(&env_path).unwrap();
+    moto.set_auth(true).await;
+    let target = format!("env:{}", env_path.display());
+    // Nothing listens there: the probe can never pass.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe = format!("http://{}/health", dead.local_addr().unwrap());
+    drop(dead);
+    let mut args = vec!["rotate", "--user", &s.app_user, "--target", &target, "--probe", &probe, "--probe-timeout", "3s"];
+    args.extend(FAST);
+    let out = rekey(&moto, &s.admin, dir.path(), &args).await;
+    out.assert_code(3);
+    assert!(out.stdout.contains("rolled back"), "{}", out.stdout);
+    assert!(out.stderr.contains("is not healthy"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&env_path).unwrap(), before, "file restored byte for byte");
+    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, vec![(s.app_key.access_key_id.clone(), "Active".into())]);
+    assert!(sts_check(&moto, &s.app_key).await.is_ok());
+    moto.set_auth(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_never_works_is_deleted_and_the_file_is_untouched() {
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let dir = state_dir();
+    let env_path = write_env_file(dir.path(), &s.app_key);
+    let before = std::fs::read(&env_path).unwrap();
+    moto.set_auth(true).await;
+
+    // Stand-in for a key that never propagates: switch every new key off as soon as it exists,
+    // so that STS rejects it exactly as it rejects a key it does not know yet.
+    let watcher = {
+        let iam = aws_sdk_iam::Client::new(&moto.sdk_config(&s.admin));
+        let (user, old) = (s.app_user.clone(), s.app_key.access_key_id.clone());
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                if let Ok(out) = iam.list_access_keys().user_name(&user).send().await {
+                    for k in out.access_key_metadata() {
+                        let id = k.access_key_id().unwrap_or_default();
+                        if id != old && k.status().map(|s| s.as_str()) == Some("Active") {
+                            let _ = iam
+                                .update_access_key()
+                                .user_name(&user)
+                                .access_key_id(id)
+                                .status(aws_sdk_iam::types::StatusType::Inactive)
+                                .send()
+                                .await;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let target = format!("env:{}", env_path.display());
+    let mut args = vec!["rotate", "--user", &s.app_user, "--target", &target, "--verify-timeout", "4s", "--output", "json"];
+    args.extend(FAST);
+    let out = rekey(&moto, &s.admin, dir.path(), &args).await;
+    watcher.abort();
+    out.assert_code(3);
+    let json = out.json();
+    assert_eq!(json["outcome"], "rolled_back");
+    assert!(json["error"].as_str().unwrap().contains("never worked"), "{json}");
+    assert_eq!(std::fs::read(&env_path).unwrap(), before);
+    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, vec![(s.app_key.access_key_id.clone(), "Active".into())]);
+    moto.set_auth(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_restart_command_rolls_back_and_reruns_after_restore() {
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let dir = state_dir();
+    let env_path = write_env_file(dir.path(), &s.app_key);
+    let before = std::fs::read(&env_path).unwrap();
+    let log = dir.path().join("restarts.log");
+    moto.set_auth(true).await;
+    let target = format!("env:{}", env_path.display());
+    // Fails while the file holds a key other than the original one.
+    let cmd = format!(
+        "echo restart >> {log}; grep -q {old} {env} || {{ echo 'app refused to start' >&2; exit 7; }}",
+        log = log.display(),
+        old = s.app_key.access_key_id,
+        env = env_path.display()
+    );
+    let mut args = vec!["rotate", "--user", &s.app_user, "--target", &target, "--restart-cmd", &cmd];
+    args.extend(FAST);
+    let out = rekey(&moto, &s.admin, dir.path(), &args).await;
+    out.assert_code(3);
+    assert!(out.stderr.contains("app refused to start"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&env_path).unwrap(), before);
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2, "restarted after the write and after the restore");
+    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await.len(), 1);
+    moto.set_auth(false).await;
+}
