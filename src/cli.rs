@@ -278,7 +278,13 @@ pub async fn main() -> i32 {
             let settings = Settings {
                 user: args.user.clone(),
                 old_key: args.old_key.clone(),
-                targets: args.targets.iter().cloned().zip(restart).map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd }).collect(),
+                targets: args
+                    .targets
+                    .iter()
+                    .cloned()
+                    .zip(restart)
+                    .map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd })
+                    .collect(),
                 probes: args.probes.clone(),
                 verify: args.waits.verify(),
                 probe: args.waits.probe(),
@@ -317,7 +323,14 @@ async fn run_with_aws(cli: &Cli, state_dir: PathBuf, settings: &Settings, json: 
     let iam = AwsIam::new(&sdk);
     let key_check = StsKeyCheck::new(&sdk);
     let factory = AwsFactory { sdk: sdk.clone(), progress: terminal, poll_interval: Duration::from_secs(5) };
-    let fx = Effects { iam: &iam, key_check: &key_check, clock: &SystemClock, factory: &factory, progress: &progress, state_dir };
+    let fx = Effects {
+        iam: &iam,
+        key_check: &key_check,
+        clock: &SystemClock,
+        factory: &factory,
+        progress: &progress,
+        state_dir,
+    };
     let result = match resume {
         None => rotation::rotate(&fx, settings, interrupted()).await,
         Some(force_rollback) => rotation::resume(&fx, &settings.user, force_rollback, settings, interrupted()).await,
@@ -362,7 +375,9 @@ fn print_report(r: &Report, json: bool) {
             r.old_key_status.map(|s| s.to_string()).unwrap_or_else(|| "deleted".into())
         ),
         Outcome::Planned => format!("plan for {}: replace {} (dry run, nothing changed)", r.user, key(&r.old_key_id)),
-        Outcome::RolledBack => format!("rolled back {}: {} is still the Active key; every target was restored", r.user, key(&r.old_key_id)),
+        Outcome::RolledBack => {
+            format!("rolled back {}: {} is still the Active key; every target was restored", r.user, key(&r.old_key_id))
+        }
         Outcome::Failed => format!("FAILED and could not roll back fully for {}", r.user),
         Outcome::Refused => format!("refused for {}", r.user),
     };
@@ -397,10 +412,8 @@ fn print_report(r: &Report, json: bool) {
     if let Some(j) = &r.journal {
         println!("  journal: {}", j.display());
     }
-    if r.outcome() != Outcome::Rotated {
-        if let Some(e) = &r.error {
-            eprintln!("rekey: {}: {e}", r.outcome);
-        }
+    if let Some(e) = r.error.as_ref().filter(|_| r.outcome() != Outcome::Rotated) {
+        eprintln!("rekey: {}: {e}", r.outcome);
     }
 }
 
@@ -461,8 +474,20 @@ mod tests {
     #[test]
     fn restart_cmd_belongs_to_the_target_before_it() {
         let m = rotate_matches(&[
-            "rekey", "rotate", "--user", "u", "--target", "env:/a", "--restart-cmd", "restart a", "--target", "secretsmanager:s",
-            "--target", "env:/b", "--restart-cmd", "restart b",
+            "rekey",
+            "rotate",
+            "--user",
+            "u",
+            "--target",
+            "env:/a",
+            "--restart-cmd",
+            "restart a",
+            "--target",
+            "secretsmanager:s",
+            "--target",
+            "env:/b",
+            "--restart-cmd",
+            "restart b",
         ]);
         let r = restart_cmds_by_target(&m, 3).unwrap();
         assert_eq!(r, vec![Some("restart a".into()), None, Some("restart b".into())]);
@@ -476,7 +501,9 @@ mod tests {
 
     #[test]
     fn a_bad_target_spec_is_a_usage_error() {
-        let e = Cli::command().try_get_matches_from(["rekey", "rotate", "--user", "u", "--target", "s3:bucket"]).unwrap_err();
+        let e = Cli::command()
+            .try_get_matches_from(["rekey", "rotate", "--user", "u", "--target", "s3:bucket"])
+            .unwrap_err();
         assert!(e.to_string().contains("unknown kind"), "{e}");
         assert!(e.use_stderr());
     }

@@ -132,7 +132,11 @@ where
             _ => IamError::NoSuchUser(user.to_string()),
         },
         Some("LimitExceeded") => IamError::LimitExceeded,
-        Some(code) if code.starts_with("AccessDenied") || code == "InvalidClientTokenId" || code == "SignatureDoesNotMatch" => {
+        Some(code)
+            if code.starts_with("AccessDenied")
+                || code == "InvalidClientTokenId"
+                || code == "SignatureDoesNotMatch" =>
+        {
             IamError::AccessDenied(err.message().unwrap_or(code).to_string())
         }
         _ => IamError::Other(DisplayErrorContext(&err).to_string()),

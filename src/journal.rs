@@ -79,37 +79,74 @@ pub struct TargetRecord {
 pub enum Event {
     Begin(Begin),
     /// Deleting the user's Inactive second key to free the slot for the new one.
-    FreeSlot { key_id: String, phase: Phase },
+    FreeSlot {
+        key_id: String,
+        phase: Phase,
+    },
     CreateKey {
         phase: Phase,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key_id: Option<String>,
     },
-    Snapshot { target: usize, snapshot: Snapshot },
-    Stage { target: usize, phase: Phase },
-    Verify { phase: Phase },
-    Apply { target: usize, phase: Phase },
-    Consumers { target: usize, phase: Phase },
-    Probe { phase: Phase },
+    Snapshot {
+        target: usize,
+        snapshot: Snapshot,
+    },
+    Stage {
+        target: usize,
+        phase: Phase,
+    },
+    Verify {
+        phase: Phase,
+    },
+    Apply {
+        target: usize,
+        phase: Phase,
+    },
+    Consumers {
+        target: usize,
+        phase: Phase,
+    },
+    Probe {
+        phase: Phase,
+    },
     Grace {
         phase: Phase,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         until: Option<String>,
     },
-    Deactivate { key_id: String, phase: Phase },
+    Deactivate {
+        key_id: String,
+        phase: Phase,
+    },
     /// Probing again after the old key is off: if the app still used it, the old key goes back on.
-    ProbeAfter { phase: Phase },
-    DeleteOld { key_id: String, phase: Phase },
-    RollbackStart { reason: String },
+    ProbeAfter {
+        phase: Phase,
+    },
+    DeleteOld {
+        key_id: String,
+        phase: Phase,
+    },
+    RollbackStart {
+        reason: String,
+    },
     Restore {
         target: usize,
         phase: Phase,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    DeleteNewKey { key_id: String, phase: Phase },
-    Reactivate { key_id: String, phase: Phase },
-    End { outcome: Outcome },
+    DeleteNewKey {
+        key_id: String,
+        phase: Phase,
+    },
+    Reactivate {
+        key_id: String,
+        phase: Phase,
+    },
+    End {
+        outcome: Outcome,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -275,7 +312,9 @@ impl State {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("an unfinished rotation of {user} is journaled in {path}; run `rekey resume --user {user}` to finish or undo it")]
+    #[error(
+        "an unfinished rotation of {user} is journaled in {path}; run `rekey resume --user {user}` to finish or undo it"
+    )]
     Unfinished { user: String, path: PathBuf },
     #[error("journal {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -332,13 +371,8 @@ impl Journal {
         })?;
         // The new file's name must be durable too, or a crash could lose the whole journal.
         File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
-        let mut journal = Journal {
-            path,
-            file,
-            next_seq: 1,
-            state: State::new(begin.clone()),
-            crash_after: crash_after_from_env(),
-        };
+        let mut journal =
+            Journal { path, file, next_seq: 1, state: State::new(begin.clone()), crash_after: crash_after_from_env() };
         journal.record_at(Event::Begin(begin), now)?;
         Ok(journal)
     }
@@ -377,12 +411,20 @@ impl Journal {
             match (&mut state, &record.event) {
                 (None, Event::Begin(b)) => state = Some(State::new(b.clone())),
                 (None, _) => {
-                    return Err(JournalError::Corrupt { path: path.into(), line: i + 1, problem: "does not start with begin".into() });
+                    return Err(JournalError::Corrupt {
+                        path: path.into(),
+                        line: i + 1,
+                        problem: "does not start with begin".into(),
+                    });
                 }
                 (Some(s), e) => s.apply(e),
             }
         }
-        let state = state.ok_or_else(|| JournalError::Corrupt { path: path.into(), line: 1, problem: "empty journal".into() })?;
+        let state = state.ok_or_else(|| JournalError::Corrupt {
+            path: path.into(),
+            line: 1,
+            problem: "empty journal".into(),
+        })?;
         Ok((state, next_seq))
     }
 

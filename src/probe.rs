@@ -18,7 +18,8 @@ pub struct HttpProbe {
 
 impl HttpProbe {
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad probe URL {url:?}: {e}; give an http:// or https:// URL"))?;
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| format!("bad probe URL {url:?}: {e}; give an http:// or https:// URL"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(format!("bad probe URL {url:?}: scheme {:?} is not http or https", parsed.scheme()));
         }
@@ -39,13 +40,15 @@ impl Probe for HttpProbe {
 
     async fn check(&self) -> Result<(), String> {
         let resp = self.client.get(&self.url).send().await.map_err(|e| {
-            let kind = if e.is_timeout() { "timed out" } else if e.is_connect() { "connection failed" } else { "request failed" };
+            let kind = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "connection failed"
+            } else {
+                "request failed"
+            };
             format!("{}: {kind}", self.url)
         })?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("{}: HTTP {}", self.url, resp.status().as_u16()))
-        }
+        if resp.status().is_success() { Ok(()) } else { Err(format!("{}: HTTP {}", self.url, resp.status().as_u16())) }
     }
 }

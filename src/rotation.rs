@@ -15,7 +15,9 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::iam::{Iam, IamError, KeyCheck, KeyStatus};
-use crate::journal::{Begin, Event, Journal, JournalError, Outcome, Phase, State, StepState, TargetRecord, now_rfc3339};
+use crate::journal::{
+    Begin, Event, Journal, JournalError, Outcome, Phase, State, StepState, TargetRecord, now_rfc3339,
+};
 use crate::probe::Probe;
 use crate::progress::Progress;
 use crate::wait::{Streak, until_streak};
@@ -176,10 +178,15 @@ struct Run<'a> {
 }
 
 /// Rotate one user's key. Ctrl-C (or any `interrupt`) rolls back.
-pub async fn rotate(fx: &Effects<'_>, settings: &Settings, interrupt: impl Future<Output = ()>) -> Result<Report, Refusal> {
+pub async fn rotate(
+    fx: &Effects<'_>,
+    settings: &Settings,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Report, Refusal> {
     let started = Instant::now();
     let plan = preflight(fx, settings).await?;
-    let preflight_step = StepReport { name: "preflight".into(), status: "ok", duration_ms: started.elapsed().as_millis() };
+    let preflight_step =
+        StepReport { name: "preflight".into(), status: "ok", duration_ms: started.elapsed().as_millis() };
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
@@ -234,14 +241,20 @@ pub async fn resume(
     interrupt: impl Future<Output = ()>,
 ) -> Result<Report, Refusal> {
     let Some(journal) = Journal::open(&fx.state_dir, user)? else {
-        return Err(Refusal(format!("no unfinished rotation of {user} in {}; `rekey status` lists them", fx.state_dir.display())));
+        return Err(Refusal(format!(
+            "no unfinished rotation of {user} in {}; `rekey status` lists them",
+            fx.state_dir.display()
+        )));
     };
     let state = journal.state().clone();
     let begin = &state.begin;
     let ecs_timeout = Duration::from_secs(begin.ecs_timeout_secs);
     let mut targets = Vec::new();
     for t in &begin.targets {
-        let spec: TargetSpec = t.spec.parse().map_err(|e: rekey_adapters::SpecError| Refusal(format!("journal {}: {e}", journal.path().display())))?;
+        let spec: TargetSpec = t
+            .spec
+            .parse()
+            .map_err(|e: rekey_adapters::SpecError| Refusal(format!("journal {}: {e}", journal.path().display())))?;
         targets.push(fx.factory.target(&spec, t.restart_cmd.as_deref(), ecs_timeout));
     }
     let mut probes = Vec::new();
@@ -261,7 +274,9 @@ pub async fn resume(
         });
     }
     if let Some(reason) = state.rollback_reason.clone() {
-        return Ok(run.roll_back(Failure::new("resume", format!("finishing the rollback begun after: {reason}"))).await);
+        return Ok(run
+            .roll_back(Failure::new("resume", format!("finishing the rollback begun after: {reason}")))
+            .await);
     }
     let all_pushed = !state.consumers.is_empty() && state.consumers.iter().all(|s| *s == StepState::Done);
     let can_finish = state.verify == StepState::Done && all_pushed;
@@ -293,14 +308,20 @@ async fn preflight(fx: &Effects<'_>, s: &Settings) -> Result<Plan, Refusal> {
             "no --target given for {user}: the new key would reach no consumer; name where the key is used, e.g. --target secretsmanager:<secret-id>"
         )));
     }
-    let caller = fx.iam.caller().await.map_err(|e| Refusal(format!("cannot tell who rekey runs as: {e}; check your AWS credentials")))?;
+    let caller = fx
+        .iam
+        .caller()
+        .await
+        .map_err(|e| Refusal(format!("cannot tell who rekey runs as: {e}; check your AWS credentials")))?;
     if caller.user_name.as_deref() == Some(user.as_str()) {
         return Err(Refusal(format!(
             "rekey is running as {user}, the user being rotated; its credentials are the ones about to change: run it as another principal (an admin user or role)"
         )));
     }
     let keys = fx.iam.list_keys(user).await.map_err(|e| match e {
-        IamError::NoSuchUser(_) => Refusal(format!("no IAM user named {user:?} in account {}; check --user", caller.account)),
+        IamError::NoSuchUser(_) => {
+            Refusal(format!("no IAM user named {user:?} in account {}; check --user", caller.account))
+        }
         other => Refusal(format!("cannot list the access keys of {user}: {other}")),
     })?;
     let existing_keys: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
@@ -309,18 +330,28 @@ async fn preflight(fx: &Effects<'_>, s: &Settings) -> Result<Plan, Refusal> {
     let old = match &s.old_key {
         Some(id) => {
             let k = keys.iter().find(|k| &k.id == id).ok_or_else(|| {
-                Refusal(format!("{user} has no access key {id} (its keys: {}); check --old-key", list_or_none(&existing_keys)))
+                Refusal(format!(
+                    "{user} has no access key {id} (its keys: {}); check --old-key",
+                    list_or_none(&existing_keys)
+                ))
             })?;
             if k.status != KeyStatus::Active {
-                return Err(Refusal(format!("{id} of {user} is already Inactive: there is nothing to replace; delete it or name the Active key")));
+                return Err(Refusal(format!(
+                    "{id} of {user} is already Inactive: there is nothing to replace; delete it or name the Active key"
+                )));
             }
             k
         }
         None => match active.as_slice() {
-            [] => return Err(Refusal(format!("{user} has no Active access key to rotate; create one or check --user"))),
+            [] => {
+                return Err(Refusal(format!("{user} has no Active access key to rotate; create one or check --user")));
+            }
             [one] => one,
             [a, b, ..] => {
-                let (ua, ub) = (fx.iam.last_used(&a.id).await.unwrap_or_default(), fx.iam.last_used(&b.id).await.unwrap_or_default());
+                let (ua, ub) = (
+                    fx.iam.last_used(&a.id).await.unwrap_or_default(),
+                    fx.iam.last_used(&b.id).await.unwrap_or_default(),
+                );
                 return Err(Refusal(format!(
                     "{user} has two Active keys, {} ({ua}) and {} ({ub}); retire the unused one (deactivate, then delete) or name the one to replace with --old-key",
                     a.id, b.id
@@ -375,7 +406,9 @@ async fn preflight(fx: &Effects<'_>, s: &Settings) -> Result<Plan, Refusal> {
         );
     }
     if let Some(k) = &free_slot {
-        warnings.push(format!("{user}'s Inactive key {k} will be deleted to make room for the new key (IAM allows 2 per user)"));
+        warnings.push(format!(
+            "{user}'s Inactive key {k} will be deleted to make room for the new key (IAM allows 2 per user)"
+        ));
     }
     Ok(Plan {
         caller_arn: caller.arn,
@@ -415,7 +448,9 @@ impl Run<'_> {
         if let Some(k) = free_slot {
             let t = Instant::now();
             self.record(Event::FreeSlot { key_id: k.into(), phase: Phase::Begin })?;
-            iam.delete_key(&user, k).await.map_err(|e| Failure::new("free_slot", format!("deleting the Inactive key {k}: {e}")))?;
+            iam.delete_key(&user, k)
+                .await
+                .map_err(|e| Failure::new("free_slot", format!("deleting the Inactive key {k}: {e}")))?;
             let _ = iam.untag_key(&user, k).await;
             self.record(Event::FreeSlot { key_id: k.into(), phase: Phase::Done })?;
             self.step("free_slot", "ok", t);
@@ -571,10 +606,10 @@ impl Run<'_> {
     /// The rotation went through: clean up what was kept for rollback and close the journal.
     async fn complete(mut self, error: Option<String>) -> Report {
         for i in 0..self.targets.len() {
-            if let Some(snapshot) = self.state().snapshots[i].clone() {
-                if let Err(e) = self.targets[i].finish(&snapshot).await {
-                    self.warnings.push(format!("cleanup of {}: {e}", self.targets[i].name()));
-                }
+            if let Some(snapshot) = self.state().snapshots[i].clone()
+                && let Err(e) = self.targets[i].finish(&snapshot).await
+            {
+                self.warnings.push(format!("cleanup of {}: {e}", self.targets[i].name()));
             }
         }
         let old_status = if self.state().delete_old == StepState::Done { None } else { Some(KeyStatus::Inactive) };
@@ -592,10 +627,14 @@ impl Run<'_> {
             self.steps.push(StepReport { name: failure.step.clone(), status: "failed", duration_ms: 0 });
         }
         let mut left = Vec::new();
-        if self.state().rollback_reason.is_none() {
-            if let Err(e) = self.record(Event::RollbackStart { reason: reason.clone() }) {
-                left.push(format!("the journal could not be written ({}); check {}", e.error, self.journal.path().display()));
-            }
+        if self.state().rollback_reason.is_none()
+            && let Err(e) = self.record(Event::RollbackStart { reason: reason.clone() })
+        {
+            left.push(format!(
+                "the journal could not be written ({}); check {}",
+                e.error,
+                self.journal.path().display()
+            ));
         }
         let user = self.user();
         let n = self.targets.len();
@@ -728,10 +767,17 @@ impl Run<'_> {
     }
 
     /// The rollback could not finish: the journal stays active so that `resume` can retry.
-    fn failed_report(self, error: String, old_key_status: Option<KeyStatus>, statuses: Vec<&'static str>, left: Vec<String>) -> Report {
+    fn failed_report(
+        self,
+        error: String,
+        old_key_status: Option<KeyStatus>,
+        statuses: Vec<&'static str>,
+        left: Vec<String>,
+    ) -> Report {
         let state = self.journal.state().clone();
         let Run { journal, targets, steps, warnings, changes, .. } = self;
-        let parts = ReportParts { steps, warnings, changes, targets, statuses, left, journal: journal.path().to_path_buf() };
+        let parts =
+            ReportParts { steps, warnings, changes, targets, statuses, left, journal: journal.path().to_path_buf() };
         parts.into_report(&state, Outcome::Failed, Some(error), old_key_status)
     }
 }
@@ -747,7 +793,13 @@ struct ReportParts {
 }
 
 impl ReportParts {
-    fn into_report(self, state: &State, outcome: Outcome, error: Option<String>, old_key_status: Option<KeyStatus>) -> Report {
+    fn into_report(
+        self,
+        state: &State,
+        outcome: Outcome,
+        error: Option<String>,
+        old_key_status: Option<KeyStatus>,
+    ) -> Report {
         Report {
             user: state.begin.user.clone(),
             outcome: outcome.as_str(),

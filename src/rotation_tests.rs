@@ -121,7 +121,16 @@ async fn rotates_and_deactivates_only_after_targets_and_probes() {
     let names: Vec<_> = report.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
-        ["preflight", "create_key", "verify_key", "apply:secretsmanager:app", "apply:ecs:prod/api", "probe", "deactivate_old", "probe_after_deactivation"]
+        [
+            "preflight",
+            "create_key",
+            "verify_key",
+            "apply:secretsmanager:app",
+            "apply:ecs:prod/api",
+            "probe",
+            "deactivate_old",
+            "probe_after_deactivation"
+        ]
     );
 }
 
@@ -274,7 +283,14 @@ async fn ctrl_c_rolls_back() {
     let (iam, check) = (FakeIam(bed.world.clone()), FakeKeyCheck(bed.world.clone()));
     let factory = FakeFactory { world: bed.world.clone(), specs: bed.specs.clone() };
     let progress = Progress::off();
-    let fx = Effects { iam: &iam, key_check: &check, clock: &bed.clock, factory: &factory, progress: &progress, state_dir: bed.dir.path().into() };
+    let fx = Effects {
+        iam: &iam,
+        key_check: &check,
+        clock: &bed.clock,
+        factory: &factory,
+        progress: &progress,
+        state_dir: bed.dir.path().into(),
+    };
     // The app never gets healthy, and the user gives up while rekey waits.
     *bed.world.probe_answers.lock().unwrap() = vec![false; 1000];
     let interrupt = async {
@@ -334,7 +350,8 @@ async fn simulate_crash(bed: &Bed, n: usize) -> String {
 /// Set the fake world to what had happened when the journal stopped: a step that was begun but not
 /// recorded done is taken as having happened (the worst case for recovery).
 fn replay_effects(bed: &Bed, state: &crate::journal::State) {
-    let new_key = state.new_key_id.clone().or_else(|| state.create.started().then(|| "AKIANEW0000000000001".to_string()));
+    let new_key =
+        state.new_key_id.clone().or_else(|| state.create.started().then(|| "AKIANEW0000000000001".to_string()));
     let mut keys = vec![(OLD, if state.deactivate.started() { Inactive } else { Active })];
     if let Some(k) = &new_key {
         keys.push((k.as_str(), Active));

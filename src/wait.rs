@@ -114,9 +114,10 @@ mod tests {
     #[tokio::test]
     async fn gives_up_at_the_deadline_with_the_last_error() {
         let clock = FakeClock::new();
-        let err = until_streak(&clock, &streak(3), &Progress::off(), "t", || async { Err("InvalidClientTokenId".into()) })
-            .await
-            .unwrap_err();
+        let err =
+            until_streak(&clock, &streak(3), &Progress::off(), "t", || async { Err("InvalidClientTokenId".into()) })
+                .await
+                .unwrap_err();
         assert_eq!(err.last_error, "InvalidClientTokenId");
         assert!(clock.elapsed() >= Duration::from_secs(60) && clock.elapsed() < Duration::from_secs(66));
     }

@@ -4,9 +4,9 @@
 
 mod support;
 
+use support::*;
 use testbed::app::{self, CredentialSource};
 use testbed::moto::{Creds, Moto, seed};
-use support::*;
 
 async fn secret_current(moto: &Moto, admin: &Creds, id: &str) -> String {
     let sm = aws_sdk_secretsmanager::Client::new(&moto.sdk_config(admin));
@@ -35,7 +35,17 @@ async fn resume_after_a_crash_at_every_journal_record_ends_clean() {
 
         let env_target = format!("env:{}", env_path.display());
         let probe = format!("{}/health", app.url());
-        let mut args = vec!["rotate", "--user", &s.app_user, "--target", "secretsmanager:prod/app/aws", "--target", &env_target, "--probe", &probe];
+        let mut args = vec![
+            "rotate",
+            "--user",
+            &s.app_user,
+            "--target",
+            "secretsmanager:prod/app/aws",
+            "--target",
+            &env_target,
+            "--probe",
+            &probe,
+        ];
         args.extend(FAST);
         let n = crash_after.to_string();
         let crashed = rekey_env(&moto, &s.admin, dir.path(), &args, &[("REKEY_TEST_CRASH_AFTER", &n)]).await;
@@ -48,7 +58,11 @@ async fn resume_after_a_crash_at_every_journal_record_ends_clean() {
 
         let status = rekey(&moto, &s.admin, dir.path(), &["status", "--user", &s.app_user]).await;
         status.assert_code(0);
-        assert!(status.stdout.contains("rekey resume --user app-integration-user"), "crash {crash_after}: {}", status.stdout);
+        assert!(
+            status.stdout.contains("rekey resume --user app-integration-user"),
+            "crash {crash_after}: {}",
+            status.stdout
+        );
         let refused = rekey(&moto, &s.admin, dir.path(), &args).await;
         refused.assert_code(2);
         assert!(refused.stderr.contains("rekey resume"), "{}", refused.stderr);
@@ -62,17 +76,30 @@ async fn resume_after_a_crash_at_every_journal_record_ends_clean() {
             "rotated" => {
                 resumed.assert_code(0);
                 let new_id = json["new_key_id"].as_str().unwrap();
-                assert_eq!(keys, vec![(s.app_key.access_key_id.clone(), "Inactive".into()), (new_id.to_string(), "Active".into())], "crash {crash_after}");
+                assert_eq!(
+                    keys,
+                    vec![(s.app_key.access_key_id.clone(), "Inactive".into()), (new_id.to_string(), "Active".into())],
+                    "crash {crash_after}"
+                );
                 assert!(std::fs::read_to_string(&env_path).unwrap().contains(new_id));
-                let secret: serde_json::Value = serde_json::from_str(&secret_current(&moto, &s.admin, "prod/app/aws").await).unwrap();
+                let secret: serde_json::Value =
+                    serde_json::from_str(&secret_current(&moto, &s.admin, "prod/app/aws").await).unwrap();
                 assert_eq!(secret["AWS_ACCESS_KEY_ID"], new_id);
                 assert_eq!(secret["db"], "postgres://app");
             }
             "rolled_back" => {
                 resumed.assert_code(3);
-                assert_eq!(keys, vec![(s.app_key.access_key_id.clone(), "Active".into())], "crash {crash_after}: no orphan key");
+                assert_eq!(
+                    keys,
+                    vec![(s.app_key.access_key_id.clone(), "Active".into())],
+                    "crash {crash_after}: no orphan key"
+                );
                 assert_eq!(std::fs::read(&env_path).unwrap(), env_before, "crash {crash_after}: env file restored");
-                assert_eq!(secret_current(&moto, &s.admin, "prod/app/aws").await, secret_before, "crash {crash_after}: secret restored");
+                assert_eq!(
+                    secret_current(&moto, &s.admin, "prod/app/aws").await,
+                    secret_before,
+                    "crash {crash_after}: secret restored"
+                );
                 assert!(sts_check(&moto, &s.app_key).await.is_ok());
             }
             other => panic!("crash {crash_after}: resume ended {other}: {}", resumed.stderr),

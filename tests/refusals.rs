@@ -3,8 +3,8 @@
 
 mod support;
 
-use testbed::moto::{Moto, seed};
 use support::*;
+use testbed::moto::{Moto, seed};
 
 fn one_line(out: &Output) -> &str {
     let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -25,12 +25,46 @@ async fn refusals_exit_2_with_one_line_and_change_nothing() {
     let keys_before = keys_of(&moto, &s.admin, &s.app_user).await;
 
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--user".into(), "no-such-user".into(), "--target".into(), env_target.clone()], "no IAM user named \"no-such-user\""),
-        (vec!["--user".into(), s.app_user.clone(), "--target".into(), "secretsmanager:prod/missing".into()], "prod/missing"),
+        (
+            vec!["--user".into(), "no-such-user".into(), "--target".into(), env_target.clone()],
+            "no IAM user named \"no-such-user\"",
+        ),
+        (
+            vec!["--user".into(), s.app_user.clone(), "--target".into(), "secretsmanager:prod/missing".into()],
+            "prod/missing",
+        ),
         (vec!["--user".into(), s.app_user.clone(), "--target".into(), "s3:bucket".into()], "unknown kind \"s3\""),
-        (vec!["--user".into(), s.app_user.clone(), "--target".into(), format!("env:{}/nope.env", dir.path().display())], "nope.env"),
-        (vec!["--user".into(), s.app_user.clone(), "--target".into(), env_target.clone(), "--probe".into(), "ftp://x".into()], "probe URL"),
-        (vec!["--user".into(), s.app_user.clone(), "--target".into(), env_target.clone(), "--grace".into(), "soon".into()], "--grace"),
+        (
+            vec![
+                "--user".into(),
+                s.app_user.clone(),
+                "--target".into(),
+                format!("env:{}/nope.env", dir.path().display()),
+            ],
+            "nope.env",
+        ),
+        (
+            vec![
+                "--user".into(),
+                s.app_user.clone(),
+                "--target".into(),
+                env_target.clone(),
+                "--probe".into(),
+                "ftp://x".into(),
+            ],
+            "probe URL",
+        ),
+        (
+            vec![
+                "--user".into(),
+                s.app_user.clone(),
+                "--target".into(),
+                env_target.clone(),
+                "--grace".into(),
+                "soon".into(),
+            ],
+            "--grace",
+        ),
     ];
     moto.set_auth(true).await;
     for (args, expect) in &cases {
@@ -67,7 +101,13 @@ async fn refusals_exit_2_with_one_line_and_change_nothing() {
     let second = iam.create_access_key().user_name(&s.app_user).send().await.unwrap();
     let second_id = second.access_key().unwrap().access_key_id().to_string();
     moto.set_auth(true).await;
-    let out = rekey(&moto, &s.admin, dir.path(), &["rotate", "--user", &s.app_user, "--target", &env_target, "--output", "json"]).await;
+    let out = rekey(
+        &moto,
+        &s.admin,
+        dir.path(),
+        &["rotate", "--user", &s.app_user, "--target", &env_target, "--output", "json"],
+    )
+    .await;
     out.assert_code(2);
     let line = one_line(&out);
     assert!(line.contains(&s.app_key.access_key_id) && line.contains(&second_id) && line.contains("retire"), "{line}");
@@ -88,7 +128,8 @@ async fn dry_run_prints_the_plan_and_changes_nothing() {
     let env_path = write_env_file(dir.path(), &s.app_key);
     let before = std::fs::read(&env_path).unwrap();
     let target = format!("env:{}", env_path.display());
-    let out = rekey(&moto, &s.admin, dir.path(), &["rotate", "--user", &s.app_user, "--target", &target, "--dry-run"]).await;
+    let out =
+        rekey(&moto, &s.admin, dir.path(), &["rotate", "--user", &s.app_user, "--target", &target, "--dry-run"]).await;
     out.assert_code(0);
     assert!(out.stdout.contains("plan for app-integration-user"), "{}", out.stdout);
     assert!(out.stdout.contains(&s.app_key.access_key_id));

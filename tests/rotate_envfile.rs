@@ -5,10 +5,10 @@ mod support;
 
 use std::time::Duration;
 
+use support::*;
 use testbed::app::{self, CredentialSource};
 use testbed::load;
 use testbed::moto::{Creds, Moto, seed};
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_file_rotation_has_zero_failed_requests_and_retires_the_old_key() {
@@ -43,12 +43,25 @@ async fn env_file_rotation_has_zero_failed_requests_and_retires_the_old_key() {
     // The file now holds the new key; every other byte is as it was.
     let new_id = json["new_key_id"].as_str().unwrap().to_string();
     let after = std::fs::read_to_string(&env_path).unwrap();
-    let new_secret = after.lines().find_map(|l| l.strip_prefix("AWS_SECRET_ACCESS_KEY='")).unwrap().trim_end_matches('\'').to_string();
+    let new_secret = after
+        .lines()
+        .find_map(|l| l.strip_prefix("AWS_SECRET_ACCESS_KEY='"))
+        .unwrap()
+        .trim_end_matches('\'')
+        .to_string();
     let expected = before.replace(&s.app_key.access_key_id, &new_id).replace(&s.app_key.secret_access_key, &new_secret);
     assert_eq!(after, expected);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&env_path).unwrap().permissions().mode() & 0o777, 0o640, "mode kept");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains("rekey")).count(), 0, "no backup left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("rekey"))
+            .count(),
+        0,
+        "no backup left behind"
+    );
 
     // The emulator now rejects the old key and accepts the new one.
     assert_eq!(sts_check(&moto, &s.app_key).await, Err("InvalidClientTokenId".into()));
@@ -70,7 +83,8 @@ async fn a_failing_probe_restores_the_file_byte_for_byte_and_deletes_the_new_key
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let probe = format!("http://{}/health", dead.local_addr().unwrap());
     drop(dead);
-    let mut args = vec!["rotate", "--user", &s.app_user, "--target", &target, "--probe", &probe, "--probe-timeout", "3s"];
+    let mut args =
+        vec!["rotate", "--user", &s.app_user, "--target", &target, "--probe", &probe, "--probe-timeout", "3s"];
     args.extend(FAST);
     let out = rekey(&moto, &s.admin, dir.path(), &args).await;
     out.assert_code(3);
@@ -117,7 +131,8 @@ async fn a_key_that_never_works_is_deleted_and_the_file_is_untouched() {
         })
     };
     let target = format!("env:{}", env_path.display());
-    let mut args = vec!["rotate", "--user", &s.app_user, "--target", &target, "--verify-timeout", "4s", "--output", "json"];
+    let mut args =
+        vec!["rotate", "--user", &s.app_user, "--target", &target, "--verify-timeout", "4s", "--output", "json"];
     args.extend(FAST);
     let out = rekey(&moto, &s.admin, dir.path(), &args).await;
     watcher.abort();
@@ -153,7 +168,11 @@ async fn a_failing_restart_command_rolls_back_and_reruns_after_restore() {
     out.assert_code(3);
     assert!(out.stderr.contains("app refused to start"), "{}", out.stderr);
     assert_eq!(std::fs::read(&env_path).unwrap(), before);
-    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2, "restarted after the write and after the restore");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap().lines().count(),
+        2,
+        "restarted after the write and after the restore"
+    );
     assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await.len(), 1);
     moto.set_auth(false).await;
 }

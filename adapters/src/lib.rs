@@ -68,9 +68,8 @@ impl Snapshot {
     }
 
     pub fn to_state<T: for<'de> Deserialize<'de>>(&self, target: &str) -> Result<T, TargetError> {
-        serde_json::from_value(self.0.clone()).map_err(|e| {
-            TargetError::new(target, ErrorKind::Unusable(format!("journal snapshot unreadable: {e}")))
-        })
+        serde_json::from_value(self.0.clone())
+            .map_err(|e| TargetError::new(target, ErrorKind::Unusable(format!("journal snapshot unreadable: {e}"))))
     }
 }
 
@@ -206,11 +205,7 @@ impl TargetError {
 }
 
 /// Build the adapter for a spec. Building talks to nothing; `preflight` does.
-pub fn build(
-    spec: &TargetSpec,
-    sdk: &aws_types::SdkConfig,
-    options: &Options,
-) -> Box<dyn Target> {
+pub fn build(spec: &TargetSpec, sdk: &aws_types::SdkConfig, options: &Options) -> Box<dyn Target> {
     match spec.kind {
         TargetKind::SecretsManager => Box::new(secretsmanager::SecretsManagerTarget::new(spec, sdk, options)),
         TargetKind::Ecs => Box::new(ecs::EcsTarget::new(spec, sdk, options)),

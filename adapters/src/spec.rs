@@ -15,11 +15,8 @@ pub enum TargetKind {
 }
 
 impl TargetKind {
-    const ALL: [(&'static str, TargetKind); 3] = [
-        ("secretsmanager", TargetKind::SecretsManager),
-        ("ecs", TargetKind::Ecs),
-        ("env", TargetKind::Env),
-    ];
+    const ALL: [(&'static str, TargetKind); 3] =
+        [("secretsmanager", TargetKind::SecretsManager), ("ecs", TargetKind::Ecs), ("env", TargetKind::Env)];
 
     pub fn as_str(self) -> &'static str {
         Self::ALL.iter().find(|(_, k)| *k == self).map(|(s, _)| *s).unwrap_or("?")
@@ -123,7 +120,10 @@ impl FromStr for TargetSpec {
         if kind == TargetKind::Ecs {
             let parts: Vec<&str> = location.split('/').collect();
             if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
-                return Err(err(format!("{location:?} is not [<cluster>/]<service>"), "write ecs:my-cluster/my-service"));
+                return Err(err(
+                    format!("{location:?} is not [<cluster>/]<service>"),
+                    "write ecs:my-cluster/my-service",
+                ));
             }
         }
         Ok(TargetSpec { raw: raw.to_string(), kind, location: location.to_string(), options })

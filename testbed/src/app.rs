@@ -31,17 +31,9 @@ pub enum CredentialSource {
     /// A Secrets Manager secret holding a JSON object with the key pair, read with the
     /// platform's identity (like a task role) at stage AWSCURRENT and cached for `cache_ttl`,
     /// as caching clients do: a rotation must keep the old key valid at least that long.
-    SecretsManager {
-        secret_id: String,
-        platform: Creds,
-        cache_ttl: Duration,
-    },
+    SecretsManager { secret_id: String, platform: Creds, cache_ttl: Duration },
     /// An ECS service whose tasks get the key from their task definition. See [`ecs`].
-    Ecs {
-        cluster: String,
-        service: String,
-        platform: Creds,
-    },
+    Ecs { cluster: String, service: String, platform: Creds },
 }
 
 /// Counters of what the app served.
@@ -86,41 +78,28 @@ impl Drop for App {
 /// service's first deployment has "started" (runningCount == desiredCount > 0) and panics if
 /// it never does: moto needs `MotoOptions { ecs_service_running: Some(desired) }` for that.
 pub async fn start(moto: &Moto, source: CredentialSource) -> App {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("app: cannot bind 127.0.0.1:0: {e}"));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("app: no local address: {e}"));
+    let listener =
+        TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("app: cannot bind 127.0.0.1:0: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("app: no local address: {e}"));
     let endpoint = moto.endpoint().to_string();
     let mut tasks = Vec::new();
 
     let resolver = match source {
         CredentialSource::EnvFile(path) => Resolver::EnvFile(path),
-        CredentialSource::SecretsManager {
-            secret_id,
-            platform,
-            cache_ttl,
-        } => Resolver::Secrets {
+        CredentialSource::SecretsManager { secret_id, platform, cache_ttl } => Resolver::Secrets {
             client: aws_sdk_secretsmanager::Client::new(&sdk_config_at(&endpoint, &platform)),
             secret_id,
             cache_ttl,
             cached: Mutex::new(None),
         },
-        CredentialSource::Ecs {
-            cluster,
-            service,
-            platform,
-        } => {
+        CredentialSource::Ecs { cluster, service, platform } => {
             let tasks_creds = Arc::new(RwLock::new(None));
             let poller = ecs::Poller::new(&endpoint, &platform, cluster, service);
             let first = poller.first_start(ECS_FIRST_START_TIMEOUT).await;
             if let Ok(mut slot) = tasks_creds.write() {
                 *slot = Some(first.creds.clone());
             }
-            tasks.push(tokio::spawn(
-                poller.run(first.identity, tasks_creds.clone()),
-            ));
+            tasks.push(tokio::spawn(poller.run(first.identity, tasks_creds.clone())));
             Resolver::Ecs(tasks_creds)
         }
     };
@@ -143,11 +122,7 @@ pub async fn start(moto: &Moto, source: CredentialSource) -> App {
         }
     }));
 
-    App {
-        url: format!("http://{addr}"),
-        state,
-        tasks,
-    }
+    App { url: format!("http://{addr}"), state, tasks }
 }
 
 struct State {
@@ -175,17 +150,11 @@ impl Resolver {
     async fn creds(&self) -> Result<Creds, String> {
         match self {
             Resolver::EnvFile(path) => {
-                let text = tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
+                let text =
+                    tokio::fs::read_to_string(path).await.map_err(|e| format!("reading {}: {e}", path.display()))?;
                 parse_dotenv(&text)
             }
-            Resolver::Secrets {
-                client,
-                secret_id,
-                cache_ttl,
-                cached,
-            } => {
+            Resolver::Secrets { client, secret_id, cache_ttl, cached } => {
                 if let Ok(slot) = cached.lock()
                     && let Some((at, creds)) = slot.as_ref()
                     && at.elapsed() < *cache_ttl
@@ -233,14 +202,9 @@ impl State {
         }
         match self.sts_for(&creds).get_caller_identity().send().await {
             Ok(out) => (200, format!("{}\n", out.arn().unwrap_or("(no arn)"))),
-            Err(e) => (
-                502,
-                format!(
-                    "GetCallerIdentity with {} failed: {}\n",
-                    creds.access_key_id,
-                    DisplayErrorContext(&e)
-                ),
-            ),
+            Err(e) => {
+                (502, format!("GetCallerIdentity with {} failed: {}\n", creds.access_key_id, DisplayErrorContext(&e)))
+            }
         }
     }
 }
@@ -257,11 +221,7 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>) {
         let (status, body) = match (request.method.as_str(), request.path.as_str()) {
             ("GET" | "HEAD", "/" | "/health") => {
                 let (status, body) = state.handle().await;
-                let counter = if status == 200 {
-                    &state.ok
-                } else {
-                    &state.failed
-                };
+                let counter = if status == 200 { &state.ok } else { &state.failed };
                 counter.fetch_add(1, Ordering::Relaxed);
                 (status, body)
             }
@@ -329,18 +289,12 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> Opt
     }
     if content_length > 0 {
         let mut sink = tokio::io::sink();
-        let copied = tokio::io::copy(&mut reader.take(content_length), &mut sink)
-            .await
-            .ok()?;
+        let copied = tokio::io::copy(&mut reader.take(content_length), &mut sink).await.ok()?;
         if copied != content_length {
             return None;
         }
     }
-    Some(Request {
-        method,
-        path,
-        close,
-    })
+    Some(Request { method, path, close })
 }
 
 /// Reads `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` from dotenv text (optional `export `,
@@ -372,10 +326,7 @@ pub fn parse_dotenv(text: &str) -> Result<Creds, String> {
 
 fn unquote(value: &str) -> String {
     for quote in ['"', '\''] {
-        if let Some(inner) = value
-            .strip_prefix(quote)
-            .and_then(|v| v.strip_suffix(quote))
-        {
+        if let Some(inner) = value.strip_prefix(quote).and_then(|v| v.strip_suffix(quote)) {
             return inner.to_string();
         }
     }
@@ -391,18 +342,12 @@ struct SecretRef<'a> {
 
 impl SecretRef<'_> {
     fn current() -> Self {
-        SecretRef {
-            stage: None,
-            version_id: None,
-        }
+        SecretRef { stage: None, version_id: None }
     }
 }
 
 /// Reads a secret at AWSCURRENT and extracts the key pair from its JSON.
-async fn read_secret_creds(
-    client: &aws_sdk_secretsmanager::Client,
-    secret_id: &str,
-) -> Result<Creds, String> {
+async fn read_secret_creds(client: &aws_sdk_secretsmanager::Client, secret_id: &str) -> Result<Creds, String> {
     let text = read_secret_string(client, secret_id, &SecretRef::current()).await?;
     creds_from_json(&text).map_err(|e| format!("secret {secret_id}: {e}"))
 }
@@ -425,31 +370,22 @@ async fn read_secret_string(
         (stage, None) => req = req.version_stage(stage.unwrap_or("AWSCURRENT")),
     }
     let out = req.send().await.map_err(|e| {
-        format!(
-            "GetSecretValue {secret_id}: {}",
-            aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
-        )
+        format!("GetSecretValue {secret_id}: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e))
     })?;
-    out.secret_string()
-        .map(str::to_string)
-        .ok_or_else(|| format!("secret {secret_id} has no SecretString"))
+    out.secret_string().map(str::to_string).ok_or_else(|| format!("secret {secret_id} has no SecretString"))
 }
 
 /// Accepts the common spellings of the two fields (`AWS_ACCESS_KEY_ID`, `aws_access_key_id`,
 /// `AccessKeyId`, `accessKeyId`, `access_key_id`, and the same for the secret), since the
 /// layout is the deployer's choice, not AWS's.
 pub fn creds_from_json(text: &str) -> Result<Creds, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let object = value.as_object().ok_or("not a JSON object")?;
     let mut id = None;
     let mut secret = None;
     for (key, value) in object {
-        let normalized: String = key
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let normalized: String =
+            key.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase();
         let normalized = normalized.strip_prefix("aws").unwrap_or(&normalized);
         match (normalized, value.as_str()) {
             ("accesskeyid", Some(v)) => id = Some(v.to_string()),
@@ -526,10 +462,7 @@ pub mod ecs {
                 }
                 tokio::time::sleep(ECS_POLL).await;
             }
-            panic!(
-                "app: ECS service {}/{} never started tasks within {timeout:?}: {last}",
-                self.cluster, self.service
-            );
+            panic!("app: ECS service {}/{} never started tasks within {timeout:?}: {last}", self.cluster, self.service);
         }
 
         pub async fn run(self, mut running: DeploymentIdentity, creds: Arc<RwLock<Option<Creds>>>) {
@@ -547,10 +480,7 @@ pub mod ecs {
         }
 
         /// `Some` when a deployment other than `running` is PRIMARY and fully started.
-        async fn poll(
-            &self,
-            running: Option<&DeploymentIdentity>,
-        ) -> Result<Option<Started>, String> {
+        async fn poll(&self, running: Option<&DeploymentIdentity>) -> Result<Option<Started>, String> {
             let out = self
                 .ecs
                 .describe_services()
@@ -558,33 +488,18 @@ pub mod ecs {
                 .services(&self.service)
                 .send()
                 .await
-                .map_err(|e| {
-                    format!(
-                        "DescribeServices: {}",
-                        aws_sdk_ecs::error::DisplayErrorContext(&e)
-                    )
-                })?;
-            let service = out
-                .services()
-                .first()
-                .ok_or_else(|| format!("service {} not found", self.service))?;
-            let Some(primary) = service
-                .deployments()
-                .iter()
-                .find(|d| d.status() == Some("PRIMARY"))
-            else {
+                .map_err(|e| format!("DescribeServices: {}", aws_sdk_ecs::error::DisplayErrorContext(&e)))?;
+            let service = out.services().first().ok_or_else(|| format!("service {} not found", self.service))?;
+            let Some(primary) = service.deployments().iter().find(|d| d.status() == Some("PRIMARY")) else {
                 return Ok(None);
             };
-            let task_definition = service
-                .task_definition()
-                .or(primary.task_definition())
-                .ok_or("no task definition")?;
+            let task_definition =
+                service.task_definition().or(primary.task_definition()).ok_or("no task definition")?;
             let identity = DeploymentIdentity {
                 id: primary.id().unwrap_or_default().to_string(),
                 task_definition: task_definition.to_string(),
             };
-            let started =
-                primary.desired_count() > 0 && primary.running_count() == primary.desired_count();
+            let started = primary.desired_count() > 0 && primary.running_count() == primary.desired_count();
             if running == Some(&identity) || !started {
                 return Ok(None);
             }
@@ -594,38 +509,20 @@ pub mod ecs {
 
         /// What a task starting now would get in its environment.
         async fn resolve(&self, task_definition: &str) -> Result<Creds, String> {
-            let out = self
-                .ecs
-                .describe_task_definition()
-                .task_definition(task_definition)
-                .send()
-                .await
-                .map_err(|e| {
-                    format!(
-                        "DescribeTaskDefinition {task_definition}: {}",
-                        aws_sdk_ecs::error::DisplayErrorContext(&e)
-                    )
+            let out =
+                self.ecs.describe_task_definition().task_definition(task_definition).send().await.map_err(|e| {
+                    format!("DescribeTaskDefinition {task_definition}: {}", aws_sdk_ecs::error::DisplayErrorContext(&e))
                 })?;
-            let containers = out
-                .task_definition()
-                .map(|td| td.container_definitions())
-                .unwrap_or_default();
+            let containers = out.task_definition().map(|td| td.container_definitions()).unwrap_or_default();
             let id = self.variable(containers, "AWS_ACCESS_KEY_ID").await?;
             let secret = self.variable(containers, "AWS_SECRET_ACCESS_KEY").await?;
             Ok(Creds::new(id, secret))
         }
 
-        async fn variable(
-            &self,
-            containers: &[ContainerDefinition],
-            name: &str,
-        ) -> Result<String, String> {
+        async fn variable(&self, containers: &[ContainerDefinition], name: &str) -> Result<String, String> {
             for container in containers {
-                if let Some(value) = container
-                    .environment()
-                    .iter()
-                    .find(|kv| kv.name() == Some(name))
-                    .and_then(|kv| kv.value())
+                if let Some(value) =
+                    container.environment().iter().find(|kv| kv.name() == Some(name)).and_then(|kv| kv.value())
                 {
                     return Ok(value.to_string());
                 }
@@ -633,9 +530,7 @@ pub mod ecs {
                     return self.value_from(secret.value_from()).await;
                 }
             }
-            Err(format!(
-                "task definition sets {name} neither in environment nor in secrets"
-            ))
+            Err(format!("task definition sets {name} neither in environment nor in secrets"))
         }
 
         async fn value_from(&self, value_from: &str) -> Result<String, String> {
@@ -643,10 +538,7 @@ pub mod ecs {
             let text = read_secret_string(
                 &self.secrets,
                 &reference.secret_id,
-                &SecretRef {
-                    stage: reference.version_stage.as_deref(),
-                    version_id: reference.version_id.as_deref(),
-                },
+                &SecretRef { stage: reference.version_stage.as_deref(), version_id: reference.version_id.as_deref() },
             )
             .await?;
             match reference.json_key {
@@ -658,9 +550,7 @@ pub mod ecs {
                         .get(&key)
                         .and_then(|v| v.as_str())
                         .map(str::to_string)
-                        .ok_or_else(|| {
-                            format!("secret {} has no string field {key}", reference.secret_id)
-                        })
+                        .ok_or_else(|| format!("secret {} has no string field {key}", reference.secret_id))
                 }
             }
         }
@@ -688,16 +578,9 @@ pub mod ecs {
         }
         let parts: Vec<&str> = value_from.split(':').collect();
         if parts.len() < 7 || parts[2] != "secretsmanager" || parts[5] != "secret" {
-            return Err(format!(
-                "valueFrom {value_from} is not a Secrets Manager secret ARN"
-            ));
+            return Err(format!("valueFrom {value_from} is not a Secrets Manager secret ARN"));
         }
-        let field = |i: usize| {
-            parts
-                .get(i)
-                .filter(|s| !s.is_empty())
-                .map(|s| s.to_string())
-        };
+        let field = |i: usize| parts.get(i).filter(|s| !s.is_empty()).map(|s| s.to_string());
         Ok(ValueFrom {
             secret_id: parts[..7].join(":"),
             json_key: field(7),
@@ -714,13 +597,10 @@ mod tests {
 
     #[test]
     fn dotenv_quoted_and_plain() {
-        let c = parse_dotenv(
-            "# app\nexport AWS_ACCESS_KEY_ID=\"AKIA1\"\nAWS_SECRET_ACCESS_KEY='s/e+c'\nOTHER=1\n",
-        )
-        .unwrap();
+        let c = parse_dotenv("# app\nexport AWS_ACCESS_KEY_ID=\"AKIA1\"\nAWS_SECRET_ACCESS_KEY='s/e+c'\nOTHER=1\n")
+            .unwrap();
         assert_eq!(c, Creds::new("AKIA1", "s/e+c"));
-        let c =
-            parse_dotenv("AWS_ACCESS_KEY_ID=AKIA2 # old\nAWS_SECRET_ACCESS_KEY = x=y\n").unwrap();
+        let c = parse_dotenv("AWS_ACCESS_KEY_ID=AKIA2 # old\nAWS_SECRET_ACCESS_KEY = x=y\n").unwrap();
         assert_eq!(c, Creds::new("AKIA2", "x=y"));
         assert!(parse_dotenv("AWS_ACCESS_KEY_ID=A\n").is_err());
     }
@@ -742,12 +622,7 @@ mod tests {
         let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf";
         assert_eq!(
             parse_value_from(arn).unwrap(),
-            ValueFrom {
-                secret_id: arn.into(),
-                json_key: None,
-                version_stage: None,
-                version_id: None
-            }
+            ValueFrom { secret_id: arn.into(), json_key: None, version_stage: None, version_id: None }
         );
         let v = parse_value_from(&format!("{arn}:AWS_ACCESS_KEY_ID::")).unwrap();
         assert_eq!(v.secret_id, arn);
@@ -763,10 +638,7 @@ mod tests {
         let raw = b"GET /health?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nConnection: close\r\n\r\n";
         let mut reader = BufReader::new(&raw[..]);
         let r = read_request(&mut reader).await.unwrap();
-        assert_eq!(
-            (r.method.as_str(), r.path.as_str(), r.close),
-            ("GET", "/health", false)
-        );
+        assert_eq!((r.method.as_str(), r.path.as_str(), r.close), ("GET", "/health", false));
         let r = read_request(&mut reader).await.unwrap();
         assert_eq!((r.path.as_str(), r.close), ("/", true));
         assert!(read_request(&mut reader).await.is_none());

@@ -33,10 +33,7 @@ pub fn start(url: String, rps: u32) -> Load {
     let rps = rps.max(MIN_RPS);
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(run(url, rps, stop_rx));
-    Load {
-        stop: Some(stop_tx),
-        task,
-    }
+    Load { stop: Some(stop_tx), task }
 }
 
 impl Load {
@@ -46,11 +43,7 @@ impl Load {
         }
         match (&mut self.task).await {
             Ok(report) => report,
-            Err(e) => LoadReport {
-                total: 0,
-                failed: 1,
-                first_failures: vec![format!("load generator crashed: {e}")],
-            },
+            Err(e) => LoadReport { total: 0, failed: 1, first_failures: vec![format!("load generator crashed: {e}")] },
         }
     }
 }
@@ -68,19 +61,11 @@ struct Tally {
 }
 
 async fn run(url: String, rps: u32, mut stop: oneshot::Receiver<()>) -> LoadReport {
-    let tally = Arc::new(Mutex::new(Tally {
-        total: 0,
-        failed: 0,
-        first_failures: Vec::new(),
-    }));
+    let tally = Arc::new(Mutex::new(Tally { total: 0, failed: 0, first_failures: Vec::new() }));
     let client = match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() {
         Ok(client) => client,
         Err(e) => {
-            return LoadReport {
-                total: 0,
-                failed: 1,
-                first_failures: vec![format!("cannot build HTTP client: {e}")],
-            };
+            return LoadReport { total: 0, failed: 1, first_failures: vec![format!("cannot build HTTP client: {e}")] };
         }
     };
     let started = Instant::now();
@@ -114,9 +99,7 @@ async fn run(url: String, rps: u32, mut stop: oneshot::Receiver<()>) -> LoadRepo
                 tally.failed += 1;
                 if tally.first_failures.len() < KEEP_FAILURES {
                     let at = started.elapsed().as_secs_f64();
-                    tally
-                        .first_failures
-                        .push(format!("#{n} +{at:.2}s: {reason}"));
+                    tally.first_failures.push(format!("#{n} +{at:.2}s: {reason}"));
                 }
             }
         });
@@ -125,15 +108,7 @@ async fn run(url: String, rps: u32, mut stop: oneshot::Receiver<()>) -> LoadRepo
     }
     while in_flight.join_next().await.is_some() {}
     let Ok(tally) = tally.lock() else {
-        return LoadReport {
-            total: 0,
-            failed: 1,
-            first_failures: vec!["load tally lock poisoned".to_string()],
-        };
+        return LoadReport { total: 0, failed: 1, first_failures: vec!["load tally lock poisoned".to_string()] };
     };
-    LoadReport {
-        total: tally.total,
-        failed: tally.failed,
-        first_failures: tally.first_failures.clone(),
-    }
+    LoadReport { total: tally.total, failed: tally.failed, first_failures: tally.first_failures.clone() }
 }

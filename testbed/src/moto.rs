@@ -41,10 +41,7 @@ pub struct Creds {
 
 impl Creds {
     pub fn new(access_key_id: impl Into<String>, secret_access_key: impl Into<String>) -> Self {
-        Self {
-            access_key_id: access_key_id.into(),
-            secret_access_key: secret_access_key.into(),
-        }
+        Self { access_key_id: access_key_id.into(), secret_access_key: secret_access_key.into() }
     }
 }
 
@@ -101,23 +98,14 @@ impl Moto {
         if let Some(n) = opts.ecs_service_running {
             cmd.env("MOTO_ECS_SERVICE_RUNNING", n.to_string());
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
-                "MOTO NOT AVAILABLE: cannot run {} ({e}); {INSTALL_HINT}",
-                python.display()
-            )
-        });
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("MOTO NOT AVAILABLE: cannot run {} ({e}); {INSTALL_HINT}", python.display()));
 
         let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
         let (port_tx, port_rx) = mpsc::channel::<u16>();
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>);
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>);
+        let stdout = child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
+        let stderr = child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
         for stream in [stdout, stderr].into_iter().flatten() {
             spawn_log_reader(stream, log.clone(), port_tx.clone());
         }
@@ -131,39 +119,23 @@ impl Moto {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!(
-                        "MOTO FAILED TO START with {}: {}; {INSTALL_HINT}",
-                        python.display(),
-                        tail(&log)
-                    );
+                    panic!("MOTO FAILED TO START with {}: {}; {INSTALL_HINT}", python.display(), tail(&log));
                 }
             }
             if let Ok(Some(status)) = child.try_wait() {
                 // Give the readers a moment to capture the traceback.
                 std::thread::sleep(Duration::from_millis(200));
-                panic!(
-                    "MOTO FAILED TO START with {} ({status}): {}; {INSTALL_HINT}",
-                    python.display(),
-                    tail(&log)
-                );
+                panic!("MOTO FAILED TO START with {} ({status}): {}; {INSTALL_HINT}", python.display(), tail(&log));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "MOTO DID NOT START within {START_TIMEOUT:?}: {}",
-                    tail(&log)
-                );
+                panic!("MOTO DID NOT START within {START_TIMEOUT:?}: {}", tail(&log));
             }
         };
 
         let endpoint = format!("http://127.0.0.1:{port}");
-        let moto = Moto {
-            child,
-            endpoint,
-            log,
-            _launcher: launcher,
-        };
+        let moto = Moto { child, endpoint, log, _launcher: launcher };
         moto.wait_ready(port, deadline);
         moto
     }
@@ -174,10 +146,7 @@ impl Moto {
                 return;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "MOTO DID NOT ANSWER on port {port} within {START_TIMEOUT:?}: {}",
-                    tail(&self.log)
-                );
+                panic!("MOTO DID NOT ANSWER on port {port} within {START_TIMEOUT:?}: {}", tail(&self.log));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -200,8 +169,7 @@ impl Moto {
     /// Turns IAM auth enforcement on (every request signed with a valid, active key and
     /// allowed by policy) or off (anything goes).
     pub async fn set_auth(&self, on: bool) {
-        self.post("/moto-api/reset-auth", if on { "0" } else { "inf" })
-            .await;
+        self.post("/moto-api/reset-auth", if on { "0" } else { "inf" }).await;
     }
 
     async fn post(&self, path: &str, body: &'static str) {
@@ -287,11 +255,7 @@ pub(crate) fn sdk_config_at(endpoint: &str, creds: &Creds) -> SdkConfig {
         // moto answers 500 for unimplemented operations; the SDK's default 3 attempts
         // with backoff only slow a failing test down.
         .retry_config(RetryConfig::standard().with_max_attempts(2))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_timeout(Duration::from_secs(60))
-                .build(),
-        )
+        .timeout_config(TimeoutConfig::builder().operation_timeout(Duration::from_secs(60)).build())
         .build()
 }
 
@@ -316,10 +280,7 @@ fn find_python() -> PathBuf {
     if let Some(p) = std::env::var_os("REKEY_MOTO_PYTHON").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         if !p.exists() {
-            panic!(
-                "MOTO NOT INSTALLED: REKEY_MOTO_PYTHON={} does not exist; {INSTALL_HINT}",
-                p.display()
-            );
+            panic!("MOTO NOT INSTALLED: REKEY_MOTO_PYTHON={} does not exist; {INSTALL_HINT}", p.display());
         }
         return p;
     }
@@ -353,11 +314,7 @@ fn write_launcher() -> tempfile::TempPath {
 
 // Keeps draining the pipe for the server's whole life: werkzeug logs every request, and a
 // full pipe would block moto mid-test.
-fn spawn_log_reader(
-    stream: Box<dyn Read + Send>,
-    log: Arc<Mutex<VecDeque<String>>>,
-    port_tx: mpsc::Sender<u16>,
-) {
+fn spawn_log_reader(stream: Box<dyn Read + Send>, log: Arc<Mutex<VecDeque<String>>>, port_tx: mpsc::Sender<u16>) {
     let echo = std::env::var_os("REKEY_MOTO_LOG").is_some();
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
@@ -389,10 +346,7 @@ fn http_answers(port: u16) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    if stream
-        .write_all(b"GET /moto-api/reset-auth HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
+    if stream.write_all(b"GET /moto-api/reset-auth HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
         return false;
     }
     let mut head = [0u8; 5];
@@ -401,14 +355,7 @@ fn http_answers(port: u16) -> bool {
 
 fn tail(log: &Mutex<VecDeque<String>>) -> String {
     match log.lock() {
-        Ok(log) if !log.is_empty() => log
-            .iter()
-            .rev()
-            .take(6)
-            .rev()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(" | "),
+        Ok(log) if !log.is_empty() => log.iter().rev().take(6).rev().cloned().collect::<Vec<_>>().join(" | "),
         _ => "(no output)".to_string(),
     }
 }
@@ -435,11 +382,7 @@ pub async fn seed(moto: &Moto) -> Seeded {
     let admin = create_user(moto, &bootstrap, ADMIN_USER, &["*"]).await;
     // GetCallerIdentity is always allowed; the policy documents what the app does.
     let app_key = create_user(moto, &bootstrap, APP_USER, &["sts:GetCallerIdentity"]).await;
-    Seeded {
-        admin,
-        app_user: APP_USER.to_string(),
-        app_key,
-    }
+    Seeded { admin, app_user: APP_USER.to_string(), app_key }
 }
 
 /// Creates `name` with an inline policy allowing `actions` on `*` (moto evaluates only
@@ -447,11 +390,7 @@ pub async fn seed(moto: &Moto) -> Seeded {
 /// auth is on (the admin from [`seed`]). Useful for platform identities (a task role).
 pub async fn create_user(moto: &Moto, signer: &Creds, name: &str, actions: &[&str]) -> Creds {
     let iam = aws_sdk_iam::Client::new(&moto.sdk_config(signer));
-    iam.create_user()
-        .user_name(name)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("seed: CreateUser {name}: {e:?}"));
+    iam.create_user().user_name(name).send().await.unwrap_or_else(|e| panic!("seed: CreateUser {name}: {e:?}"));
     let policy = serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]
@@ -469,9 +408,7 @@ pub async fn create_user(moto: &Moto, signer: &Creds, name: &str, actions: &[&st
         .send()
         .await
         .unwrap_or_else(|e| panic!("seed: CreateAccessKey {name}: {e:?}"));
-    let key = out
-        .access_key()
-        .unwrap_or_else(|| panic!("seed: CreateAccessKey {name} returned no key"));
+    let key = out.access_key().unwrap_or_else(|| panic!("seed: CreateAccessKey {name} returned no key"));
     Creds::new(key.access_key_id(), key.secret_access_key())
 }
 
@@ -481,14 +418,8 @@ mod tests {
 
     #[test]
     fn parses_werkzeug_banner() {
-        assert_eq!(
-            parse_port(" * Running on http://127.0.0.1:40123"),
-            Some(40123)
-        );
-        assert_eq!(
-            parse_port("INFO: Running on http://127.0.0.1:5000 (Press CTRL+C to quit)"),
-            Some(5000)
-        );
+        assert_eq!(parse_port(" * Running on http://127.0.0.1:40123"), Some(40123));
+        assert_eq!(parse_port("INFO: Running on http://127.0.0.1:5000 (Press CTRL+C to quit)"), Some(5000));
         assert_eq!(parse_port("Running on http://127.0.0.1:0"), None);
         assert_eq!(parse_port("127.0.0.1 - - GET / 200"), None);
     }

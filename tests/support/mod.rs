@@ -16,7 +16,9 @@ pub struct Output {
 
 impl Output {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
+        })
     }
 
     pub fn assert_code(&self, code: i32) -> &Self {
@@ -30,7 +32,13 @@ pub async fn rekey(moto: &Moto, creds: &Creds, state_dir: &Path, args: &[&str]) 
     rekey_env(moto, creds, state_dir, args, &[]).await
 }
 
-pub async fn rekey_env(moto: &Moto, creds: &Creds, state_dir: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+pub async fn rekey_env(
+    moto: &Moto,
+    creds: &Creds,
+    state_dir: &Path,
+    args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rekey"));
     cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in moto.env_for(creds) {
@@ -93,7 +101,12 @@ pub async fn keys_of(moto: &Moto, admin: &Creds, user: &str) -> Vec<(String, Str
     let out = iam.list_access_keys().user_name(user).send().await.expect("ListAccessKeys");
     out.access_key_metadata()
         .iter()
-        .map(|k| (k.access_key_id().unwrap_or_default().to_string(), k.status().map(|s| s.as_str().to_string()).unwrap_or_default()))
+        .map(|k| {
+            (
+                k.access_key_id().unwrap_or_default().to_string(),
+                k.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            )
+        })
         .collect()
 }
 

@@ -37,9 +37,9 @@ fn parse_args() -> Result<Args, String> {
     }
     let rekey = match rekey {
         Some(path) => path,
-        None => std::env::current_exe()
-            .map_err(|e| format!("cannot locate own executable: {e}"))?
-            .with_file_name("rekey"),
+        None => {
+            std::env::current_exe().map_err(|e| format!("cannot locate own executable: {e}"))?.with_file_name("rekey")
+        }
     };
     Ok(Args { rekey, keep })
 }
@@ -79,11 +79,7 @@ async fn run(args: &Args) -> Result<(), Vec<String>> {
         .prefix("rekey-demo-")
         .tempdir()
         .map_err(|e| vec![format!("cannot create a temp dir: {e}")])?;
-    let root = if args.keep {
-        tmp.keep()
-    } else {
-        tmp.path().to_path_buf()
-    };
+    let root = if args.keep { tmp.keep() } else { tmp.path().to_path_buf() };
     let result = scenario(args, &root).await;
     if args.keep {
         println!("kept demo files in {}", root.display());
@@ -96,18 +92,12 @@ async fn scenario(args: &Args, root: &Path) -> Result<(), Vec<String>> {
     println!("starting moto...");
     let moto = Moto::start();
     let seeded = seed(&moto).await;
-    println!(
-        "moto at {}; app user {} has key {}",
-        moto.endpoint(),
-        seeded.app_user,
-        seeded.app_key.access_key_id
-    );
+    println!("moto at {}; app user {} has key {}", moto.endpoint(), seeded.app_user, seeded.app_key.access_key_id);
 
     let demo_dir = root.join("demo");
     let state_dir = root.join("state");
     for dir in [&demo_dir, &state_dir] {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| one(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| one(format!("cannot create {}: {e}", dir.display())))?;
     }
     let env_file = demo_dir.join("app.env");
     std::fs::write(
@@ -141,16 +131,9 @@ async fn scenario(args: &Args, root: &Path) -> Result<(), Vec<String>> {
             None
         }
     };
-    let field = |name: &str| {
-        summary
-            .as_ref()
-            .and_then(|s| s.get(name))
-            .and_then(|v| v.as_str())
-            .unwrap_or("?")
-            .to_string()
-    };
-    let (outcome, old_key_id, new_key_id) =
-        (field("outcome"), field("old_key_id"), field("new_key_id"));
+    let field =
+        |name: &str| summary.as_ref().and_then(|s| s.get(name)).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let (outcome, old_key_id, new_key_id) = (field("outcome"), field("old_key_id"), field("new_key_id"));
     println!();
     println!("outcome:    {outcome}");
     println!("old key id: {old_key_id}");
@@ -164,10 +147,7 @@ async fn scenario(args: &Args, root: &Path) -> Result<(), Vec<String>> {
         problems.push("the load generator completed no request".to_string());
     }
     if report.failed > 0 {
-        problems.push(format!(
-            "{} of {} app requests failed during the rotation",
-            report.failed, report.total
-        ));
+        problems.push(format!("{} of {} app requests failed during the rotation", report.failed, report.total));
     }
     if old_key_id != "?" && old_key_id != seeded.app_key.access_key_id {
         problems.push(format!(
@@ -177,16 +157,10 @@ async fn scenario(args: &Args, root: &Path) -> Result<(), Vec<String>> {
     }
 
     match caller_arn(&moto, &seeded.app_key).await {
-        Ok(arn) => problems.push(format!(
-            "the old key {} still works (as {arn})",
-            seeded.app_key.access_key_id
-        )),
+        Ok(arn) => problems.push(format!("the old key {} still works (as {arn})", seeded.app_key.access_key_id)),
         Err(e) => println!("old key rejected: {e}"),
     }
-    match std::fs::read_to_string(&env_file)
-        .map_err(|e| e.to_string())
-        .and_then(|text| app::parse_dotenv(&text))
-    {
+    match std::fs::read_to_string(&env_file).map_err(|e| e.to_string()).and_then(|text| app::parse_dotenv(&text)) {
         Ok(new_key) => {
             if new_key.access_key_id == seeded.app_key.access_key_id {
                 problems.push(format!("{} still holds the old key", env_file.display()));
@@ -199,10 +173,7 @@ async fn scenario(args: &Args, root: &Path) -> Result<(), Vec<String>> {
             }
             match caller_arn(&moto, &new_key).await {
                 Ok(arn) => println!("new key {} works as {arn}", new_key.access_key_id),
-                Err(e) => problems.push(format!(
-                    "the new key {} does not work: {e}",
-                    new_key.access_key_id
-                )),
+                Err(e) => problems.push(format!("the new key {} does not work: {e}", new_key.access_key_id)),
             }
         }
         Err(e) => problems.push(format!("cannot read the new key back: {e}")),
@@ -211,11 +182,7 @@ async fn scenario(args: &Args, root: &Path) -> Result<(), Vec<String>> {
         problems.push(format!("after the rotation: {e}"));
     }
 
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
 /// Runs `rekey rotate`, streaming its stderr, and returns its JSON summary.
@@ -242,9 +209,7 @@ async fn run_rekey(
         .kill_on_drop(true);
     moto.configure_command(cmd.as_std_mut(), admin);
     println!("running {} rotate ...", args.rekey.display());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", args.rekey.display()))?;
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", args.rekey.display()))?;
 
     let stderr = child.stderr.take();
     let echo = tokio::spawn(async move {
@@ -274,10 +239,7 @@ async fn run_rekey(
     let stdout = collect.await.unwrap_or_default();
     let summary = parse_summary(&stdout);
     if !status.success() {
-        return Err(format!(
-            "rekey exited with {status}; stdout: {}",
-            stdout.trim()
-        ));
+        return Err(format!("rekey exited with {status}; stdout: {}", stdout.trim()));
     }
     summary.ok_or_else(|| format!("rekey printed no JSON summary; stdout: {}", stdout.trim()))
 }
@@ -319,9 +281,5 @@ async fn check_app(url: &str) -> Result<(), String> {
         .map_err(|e| format!("app at {url} unreachable: {e}"))?;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("app at {url} answered {status}: {}", body.trim()))
-    }
+    if status.is_success() { Ok(()) } else { Err(format!("app at {url} answered {status}: {}", body.trim())) }
 }

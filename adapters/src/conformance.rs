@@ -1,0 +1,307 @@
+//! The suite every adapter must pass: apply, verify, roll back, and roll back after a crash from a
+//! snapshot that went through the journal.
+//!
+//! A test implements [`Fixture`] for a prepared target (a temp file, a secret in the emulator) and
+//! calls [`run`]. The suite panics, naming the case, at the first broken promise; every case but
+//! the last leaves the target as it found it.
+
+use async_trait::async_trait;
+
+use crate::{NewKey, Snapshot, Target};
+
+#[async_trait]
+pub trait Fixture: Send + Sync {
+    /// A fresh adapter for the fixture's target, as a new process would build after a crash.
+    fn target(&self) -> Box<dyn Target>;
+
+    /// Everything observable about the target that a rotation may change, byte for byte.
+    async fn observe(&self) -> Vec<u8>;
+
+    /// The key id the target holds before the suite runs, when it holds one itself.
+    fn old_key_id(&self) -> Option<String>;
+
+    /// Leftovers of a rotation that the fixture can see besides the target itself (backup files,
+    /// staging labels), one line each. Must be empty once a rotation has finished. The default sees
+    /// none.
+    async fn residue(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Runs every case against the fixture. `new_key` is what the suite rotates to; its secret must be
+/// unique enough that finding it in a snapshot means the snapshot leaked it.
+pub async fn run(fixture: &dyn Fixture, new_key: &NewKey) {
+    let before = fixture.observe().await;
+    let old = fixture.old_key_id();
+    let mut snapshots = Vec::new();
+
+    // preflight
+    {
+        let case = "preflight";
+        let t = fixture.target();
+        let pf = t.preflight().await.unwrap_or_else(|e| fail(case, &format!("preflight failed: {e}")));
+        if let Some(old) = &old {
+            check(case, pf.current_key_id.as_deref() == Some(old.as_str()), || {
+                format!("preflight reports key {:?}, the target holds {old}", pf.current_key_id)
+            });
+            expect_key(case, t.as_ref(), old).await;
+        }
+        same(case, "preflight changed the target", &before, &fixture.observe().await, new_key);
+    }
+
+    // apply, then roll back twice in the same process
+    {
+        let case = "apply then rollback";
+        let t = fixture.target();
+        let snap = take_snapshot(case, t.as_ref()).await;
+        t.apply(new_key, &snap).await.unwrap_or_else(|e| fail(case, &format!("apply failed: {e}")));
+        if old.is_some() {
+            expect_key(case, t.as_ref(), &new_key.access_key_id).await;
+        }
+        check(case, fixture.observe().await != before, || "apply changed nothing the fixture observes".into());
+        for attempt in ["first", "second"] {
+            t.rollback(&snap).await.unwrap_or_else(|e| fail(case, &format!("{attempt} rollback failed: {e}")));
+            let after = fixture.observe().await;
+            same(case, &format!("{attempt} rollback did not restore the target"), &before, &after, new_key);
+        }
+        if let Some(old) = &old {
+            expect_key(case, t.as_ref(), old).await;
+        }
+        snapshots.push((case, snap));
+    }
+
+    // crash before apply: only the journalled snapshot survives
+    {
+        let case = "crash before apply";
+        let json = journal(case, &take_snapshot(case, fixture.target().as_ref()).await);
+        let t = fixture.target();
+        let snap = unjournal(case, &json);
+        t.rollback(&snap).await.unwrap_or_else(|e| fail(case, &format!("rollback in a new process failed: {e}")));
+        same(case, "rollback changed an untouched target", &before, &fixture.observe().await, new_key);
+        snapshots.push((case, snap));
+    }
+
+    // crash after apply
+    {
+        let case = "crash after apply";
+        let json = {
+            let t = fixture.target();
+            let snap = take_snapshot(case, t.as_ref()).await;
+            let json = journal(case, &snap);
+            t.apply(new_key, &snap).await.unwrap_or_else(|e| fail(case, &format!("apply failed: {e}")));
+            json
+        };
+        let t = fixture.target();
+        let snap = unjournal(case, &json);
+        t.rollback(&snap).await.unwrap_or_else(|e| fail(case, &format!("rollback in a new process failed: {e}")));
+        same(case, "rollback in a new process did not restore the target", &before, &fixture.observe().await, new_key);
+        if let Some(old) = &old {
+            expect_key(case, t.as_ref(), old).await;
+        }
+        snapshots.push((case, snap));
+    }
+
+    // stage, crash, roll back
+    {
+        let case = "stage then rollback";
+        let json = {
+            let t = fixture.target();
+            let snap = take_snapshot(case, t.as_ref()).await;
+            let json = journal(case, &snap);
+            t.stage(new_key, &snap).await.unwrap_or_else(|e| fail(case, &format!("stage failed: {e}")));
+            if let Some(old) = &old {
+                // Staging must not reach consumers: they still get the old key.
+                expect_key(case, t.as_ref(), old).await;
+            }
+            json
+        };
+        let t = fixture.target();
+        let snap = unjournal(case, &json);
+        t.rollback(&snap).await.unwrap_or_else(|e| fail(case, &format!("rollback in a new process failed: {e}")));
+        same(case, "rollback after stage did not restore the target", &before, &fixture.observe().await, new_key);
+        snapshots.push((case, snap));
+    }
+
+    // snapshots are journalled: they must not carry the secret
+    {
+        let case = "snapshot holds no secret";
+        let secret = new_key.secret();
+        for (taken_in, snap) in &snapshots {
+            let json = journal(case, snap);
+            check(case, !json.contains(secret), || {
+                format!("the snapshot taken in `{taken_in}` contains the new secret")
+            });
+            check(case, !format!("{snap:?}").contains(secret), || {
+                format!("the Debug of the snapshot taken in `{taken_in}` contains the new secret")
+            });
+        }
+    }
+
+    // a rotation that completes: the new key stays, nothing is left behind
+    {
+        let case = "apply then finish";
+        let t = fixture.target();
+        let snap = take_snapshot(case, t.as_ref()).await;
+        t.stage(new_key, &snap).await.unwrap_or_else(|e| fail(case, &format!("stage failed: {e}")));
+        t.apply(new_key, &snap).await.unwrap_or_else(|e| fail(case, &format!("apply failed: {e}")));
+        t.finish(&snap).await.unwrap_or_else(|e| fail(case, &format!("finish failed: {e}")));
+        let after = fixture.observe().await;
+        check(case, after != before, || "the target no longer shows the new key after finish".into());
+        let residue = fixture.residue().await;
+        check(case, residue.is_empty(), || format!("finish left residue behind: {residue:?}"));
+        // A new process (the next rotation) must find the target usable, holding the new key.
+        let t = fixture.target();
+        let pf = t.preflight().await.unwrap_or_else(|e| fail(case, &format!("preflight after finish failed: {e}")));
+        if old.is_some() {
+            check(case, pf.current_key_id.as_deref() == Some(new_key.access_key_id.as_str()), || {
+                format!("preflight after finish reports key {:?}, not the new key", pf.current_key_id)
+            });
+            expect_key(case, t.as_ref(), &new_key.access_key_id).await;
+        }
+        let json = journal(case, &snap);
+        check(case, !json.contains(new_key.secret()), || "the snapshot contains the new secret".into());
+    }
+}
+
+fn fail(case: &str, message: &str) -> ! {
+    panic!("conformance case `{case}`: {message}")
+}
+
+fn check(case: &str, ok: bool, message: impl FnOnce() -> String) {
+    if !ok {
+        fail(case, &message());
+    }
+}
+
+async fn take_snapshot(case: &str, t: &dyn Target) -> Snapshot {
+    t.snapshot().await.unwrap_or_else(|e| fail(case, &format!("snapshot failed: {e}")))
+}
+
+async fn expect_key(case: &str, t: &dyn Target, want: &str) {
+    let got = t.current_key_id().await.unwrap_or_else(|e| fail(case, &format!("current_key_id failed: {e}")));
+    check(case, got.as_deref() == Some(want), || format!("current_key_id is {got:?}, expected {want}"));
+}
+
+/// What the orchestrator does with a snapshot: write it to the journal as JSON text.
+fn journal(case: &str, snap: &Snapshot) -> String {
+    serde_json::to_string(snap).unwrap_or_else(|e| fail(case, &format!("snapshot does not serialize: {e}")))
+}
+
+fn unjournal(case: &str, json: &str) -> Snapshot {
+    serde_json::from_str(json).unwrap_or_else(|e| fail(case, &format!("journalled snapshot does not deserialize: {e}")))
+}
+
+/// Asserts two observations are byte-identical; on failure shows where they differ, with the new
+/// secret masked so that a failing test does not print it.
+fn same(case: &str, message: &str, want: &[u8], got: &[u8], key: &NewKey) {
+    if want == got {
+        return;
+    }
+    let at = want.iter().zip(got).position(|(a, b)| a != b).unwrap_or(want.len().min(got.len()));
+    let show = |bytes: &[u8]| String::from_utf8_lossy(bytes).replace(key.secret(), "[new secret]");
+    fail(
+        case,
+        &format!(
+            "{message}: first difference at byte {at} (expected {} bytes, got {})\n--- expected\n{}\n--- got\n{}",
+            want.len(),
+            got.len(),
+            show(want),
+            show(got)
+        ),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use secrecy::SecretString;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::{Preflight, TargetError};
+
+    /// A store holding `id:secret`, with a switch to break its rollback.
+    #[derive(Clone)]
+    struct Memory {
+        value: Arc<Mutex<String>>,
+        rollback_works: bool,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct MemorySnapshot {
+        old: String,
+    }
+
+    impl Memory {
+        fn get(&self) -> String {
+            self.value.lock().map(|v| v.clone()).unwrap_or_default()
+        }
+
+        fn set(&self, v: String) {
+            if let Ok(mut g) = self.value.lock() {
+                *g = v;
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Target for Memory {
+        fn name(&self) -> &str {
+            "memory"
+        }
+        async fn preflight(&self) -> Result<Preflight, TargetError> {
+            Ok(Preflight { current_key_id: self.current_key_id().await?, ..Preflight::default() })
+        }
+        async fn snapshot(&self) -> Result<Snapshot, TargetError> {
+            // Only the id: the secret half must never reach the journal.
+            Ok(Snapshot::from_state(&MemorySnapshot { old: self.get() }))
+        }
+        async fn apply(&self, key: &NewKey, _: &Snapshot) -> Result<(), TargetError> {
+            self.set(format!("{}:{}", key.access_key_id, key.secret()));
+            Ok(())
+        }
+        async fn current_key_id(&self) -> Result<Option<String>, TargetError> {
+            Ok(self.get().split(':').next().map(str::to_string))
+        }
+        async fn rollback(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
+            if self.rollback_works {
+                self.set(snapshot.to_state::<MemorySnapshot>("memory")?.old);
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl Fixture for Memory {
+        fn target(&self) -> Box<dyn Target> {
+            Box::new(self.clone())
+        }
+        async fn observe(&self) -> Vec<u8> {
+            self.get().into_bytes()
+        }
+        fn old_key_id(&self) -> Option<String> {
+            Some("AKIAOLD".into())
+        }
+    }
+
+    fn memory(rollback_works: bool) -> Memory {
+        // The old "secret" is a public placeholder, so snapshotting the whole value is fine here.
+        Memory { value: Arc::new(Mutex::new("AKIAOLD:placeholder".into())), rollback_works }
+    }
+
+    fn key() -> NewKey {
+        NewKey::new("AKIANEW", SecretString::from("the-new-secret-value".to_string()))
+    }
+
+    #[tokio::test]
+    async fn a_correct_adapter_passes() {
+        run(&memory(true), &key()).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "conformance case `apply then rollback`: first rollback did not restore")]
+    async fn a_rollback_that_restores_nothing_fails() {
+        run(&memory(false), &key()).await;
+    }
+}
