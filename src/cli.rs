@@ -109,6 +109,9 @@ struct WaitArgs {
     /// Bound on waiting for each probe.
     #[arg(long, value_parser = parse_duration, default_value = "2m")]
     probe_timeout: Duration,
+    /// Check the new key against the STS endpoint of this region too (repeatable; default: --region).
+    #[arg(long = "verify-region", value_name = "REGION")]
+    verify_regions: Vec<String>,
     /// Pause between two successful checks.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     check_interval: Duration,
@@ -292,6 +295,7 @@ pub async fn main() -> i32 {
                 delete_old: args.delete_old,
                 dry_run: args.dry_run,
                 ecs_timeout: args.ecs_timeout,
+                verify_regions: args.waits.verify_regions.clone(),
             };
             run_with_aws(&cli, state_dir, &settings, json, None).await
         }
@@ -307,6 +311,7 @@ pub async fn main() -> i32 {
                 delete_old: false,
                 dry_run: false,
                 ecs_timeout: Duration::from_secs(900),
+                verify_regions: args.waits.verify_regions.clone(),
             };
             run_with_aws(&cli, state_dir, &settings, json, Some(args.rollback)).await
         }
@@ -321,7 +326,7 @@ async fn run_with_aws(cli: &Cli, state_dir: PathBuf, settings: &Settings, json: 
     let terminal = std::io::stderr().is_terminal();
     let progress = Progress::new(terminal);
     let iam = AwsIam::new(&sdk);
-    let key_check = StsKeyCheck::new(&sdk);
+    let key_check = StsKeyCheck::new(&sdk, &settings.verify_regions);
     let factory = AwsFactory { sdk: sdk.clone(), progress: terminal, poll_interval: Duration::from_secs(5) };
     let fx = Effects {
         iam: &iam,

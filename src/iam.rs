@@ -238,31 +238,48 @@ impl Iam for AwsIam {
     }
 }
 
-/// Checks a key against STS in one region, with credentials built only for that call.
+/// Checks a key against the STS endpoint of every region the workload uses: IAM propagates a new
+/// key to each region's data plane on its own schedule, so a success in one region says nothing
+/// about another.
 pub struct StsKeyCheck {
-    sdk: aws_types::SdkConfig,
+    regional: Vec<aws_types::SdkConfig>,
 }
 
 impl StsKeyCheck {
-    pub fn new(sdk: &aws_types::SdkConfig) -> Self {
-        StsKeyCheck { sdk: sdk.clone() }
+    /// `regions` empty: the region of `sdk` only.
+    pub fn new(sdk: &aws_types::SdkConfig, regions: &[String]) -> Self {
+        let regional = if regions.is_empty() {
+            vec![sdk.clone()]
+        } else {
+            regions.iter().map(|r| sdk.to_builder().region(aws_types::region::Region::new(r.clone())).build()).collect()
+        };
+        StsKeyCheck { regional }
     }
 }
 
 #[async_trait]
 impl KeyCheck for StsKeyCheck {
     async fn check(&self, key: &NewKey) -> Result<String, String> {
-        // Credentials keeps its copy of the secret in a Zeroizing<String>.
-        let creds = Credentials::new(key.access_key_id.clone(), key.secret().to_string(), None, None, "rekey-new-key");
-        let conf = aws_sdk_sts::config::Builder::from(&self.sdk).credentials_provider(creds).build();
-        let sts = aws_sdk_sts::Client::from_conf(conf);
-        match sts.get_caller_identity().send().await {
-            Ok(out) => Ok(out.arn().unwrap_or_default().to_string()),
-            Err(e) => Err(e.code().map(str::to_string).unwrap_or_else(|| {
+        let mut arn = String::new();
+        for sdk in &self.regional {
+            // Credentials keeps its copy of the secret in a Zeroizing<String>.
+            let creds =
+                Credentials::new(key.access_key_id.clone(), key.secret().to_string(), None, None, "rekey-new-key");
+            let conf = aws_sdk_sts::config::Builder::from(sdk).credentials_provider(creds).build();
+            let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
+            match aws_sdk_sts::Client::from_conf(conf).get_caller_identity().send().await {
+                Ok(out) => arn = out.arn().unwrap_or_default().to_string(),
                 // Without a code the error is transport-level; its text carries no request data.
-                aws_sdk_sts::error::DisplayErrorContext(&e).to_string()
-            })),
+                Err(e) => {
+                    let why = e
+                        .code()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| aws_sdk_sts::error::DisplayErrorContext(&e).to_string());
+                    return Err(if self.regional.len() > 1 { format!("{why} in {region}") } else { why });
+                }
+            }
         }
+        Ok(arn)
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Settings {
     pub delete_old: bool,
     pub dry_run: bool,
     pub ecs_timeout: Duration,
+    /// Regions whose STS endpoints must accept the new key (empty: the configured region).
+    pub verify_regions: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -461,7 +463,8 @@ impl Run<'_> {
         self.record(Event::CreateKey { phase: Phase::Begin, key_id: None })?;
         let key = iam.create_key(&user).await.map_err(|e| Failure::new("create_key", e))?;
         self.record(Event::CreateKey { phase: Phase::Done, key_id: Some(key.access_key_id.clone()) })?;
-        let description = format!("rekey rotation {} at {}", self.state().begin.rotation_id, now_rfc3339(clock.now()));
+        // Compact, like a console key description; the rotation id is the creation time.
+        let description = format!("rekey-rotation-{}", self.state().begin.rotation_id);
         if let Err(e) = iam.tag_key(&user, &key.access_key_id, &description).await {
             self.warnings.push(format!("could not tag the new key {} with its description: {e}", key.access_key_id));
         }

@@ -45,6 +45,7 @@ impl Bed {
             delete_old: false,
             dry_run: false,
             ecs_timeout: Duration::from_secs(900),
+            verify_regions: Vec::new(),
         }
     }
 

@@ -176,3 +176,74 @@ async fn a_failing_restart_command_rolls_back_and_reruns_after_restore() {
     assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await.len(), 1);
     moto.set_auth(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_the_rotation_rolls_back() {
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let dir = state_dir();
+    let env_path = write_env_file(dir.path(), &s.app_key);
+    let before = std::fs::read(&env_path).unwrap();
+    moto.set_auth(true).await;
+    let target = format!("env:{}", env_path.display());
+    // A probe that never passes keeps rekey waiting, with the file already rewritten.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe = format!("http://{}/health", dead.local_addr().unwrap());
+    drop(dead);
+
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rekey"));
+    cmd.env_clear().envs(moto.env_for(&s.admin)).arg("--state-dir").arg(dir.path());
+    cmd.args(["rotate", "--user", &s.app_user, "--target", &target, "--probe", &probe, "--probe-timeout", "5m"]);
+    cmd.args(FAST).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap().to_string();
+    // Wait until the new key is in the file, then interrupt.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&env_path).unwrap() == before {
+        assert!(std::time::Instant::now() < deadline, "rekey never wrote the file");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(std::fs::read(&env_path).unwrap(), before);
+    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, vec![(s.app_key.access_key_id.clone(), "Active".into())]);
+    moto.set_auth(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_old_removes_the_old_key_and_a_stale_inactive_key_frees_the_slot() {
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let dir = state_dir();
+    let env_path = write_env_file(dir.path(), &s.app_key);
+    // A stale Inactive second key occupies the other slot.
+    let iam = aws_sdk_iam::Client::new(&moto.sdk_config(&s.admin));
+    let stale = iam.create_access_key().user_name(&s.app_user).send().await.unwrap();
+    let stale_id = stale.access_key().unwrap().access_key_id().to_string();
+    iam.update_access_key()
+        .user_name(&s.app_user)
+        .access_key_id(&stale_id)
+        .status(aws_sdk_iam::types::StatusType::Inactive)
+        .send()
+        .await
+        .unwrap();
+    moto.set_auth(true).await;
+    let target = format!("env:{}", env_path.display());
+    let mut args = vec!["rotate", "--user", &s.app_user, "--target", &target, "--delete-old", "--output", "json"];
+    args.extend(FAST);
+    let out = rekey(&moto, &s.admin, dir.path(), &args).await;
+    out.assert_code(0);
+    let json = out.json();
+    assert!(json["warnings"].to_string().contains(&stale_id), "the deleted stale key is reported: {json}");
+    assert!(json["old_key_status"].is_null(), "the old key is gone: {json}");
+    let new_id = json["new_key_id"].as_str().unwrap();
+    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, vec![(new_id.to_string(), "Active".into())]);
+    // The new key carries rekey's description, like the console's key description tag.
+    let tags = iam.list_user_tags().user_name(&s.app_user).send().await.unwrap();
+    assert!(tags.tags().iter().any(|t| t.key() == new_id && t.value().starts_with("rekey-rotation-")), "{tags:?}");
+    moto.set_auth(false).await;
+}
