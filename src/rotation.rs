@@ -665,7 +665,10 @@ impl Run<'_> {
                     let _ = self.record(Event::Restore { target: i, phase: Phase::Failed, error: Some(e.to_string()) });
                     statuses[i] = "restore_failed";
                     self.step(name, "failed", t);
-                    left.push(format!("{} still holds the new key: {e}", self.targets[i].name()));
+                    left.push(format!(
+                        "{} may still hand out the new key (its restore was not confirmed: {e})",
+                        self.targets[i].name()
+                    ));
                 }
             }
             self.fx.progress.done();

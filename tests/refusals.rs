@@ -76,19 +76,14 @@ async fn refusals_exit_2_with_one_line_and_change_nothing() {
         assert!(line.contains(expect), "{args:?}: {line}");
     }
 
-    // An env file rekey cannot read.
-    let locked = dir.path().join("locked.env");
-    std::fs::copy(&env_path, &locked).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
-    if std::fs::read(&locked).is_err() {
-        // (root reads anything; the permission case is only meaningful for other users)
-        let target = format!("env:{}", locked.display());
-        let out = rekey(&moto, &s.admin, dir.path(), &["rotate", "--user", &s.app_user, "--target", &target]).await;
-        out.assert_code(2);
-        assert!(one_line(&out).contains("locked.env"));
-    }
-    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // An env file rekey cannot read (tests run as root, who reads any mode: a folder in its place
+    // fails the same read).
+    let unreadable = dir.path().join("unreadable.env");
+    std::fs::create_dir(&unreadable).unwrap();
+    let target = format!("env:{}", unreadable.display());
+    let out = rekey(&moto, &s.admin, dir.path(), &["rotate", "--user", &s.app_user, "--target", &target]).await;
+    out.assert_code(2);
+    assert!(one_line(&out).contains("unreadable.env"), "{}", out.stderr);
 
     // Rotating as the user being rotated.
     let out = rekey(&moto, &s.app_key, dir.path(), &["rotate", "--user", &s.app_user, "--target", &env_target]).await;

@@ -205,11 +205,7 @@ async fn secretsmanager_rotation_under_load_has_zero_failed_requests() {
     let platform = create_user(&moto, &s.admin, "app-platform", PLATFORM_ACTIONS).await;
     let app = app::start(
         &moto,
-        CredentialSource::SecretsManager {
-            secret_id: SECRET_ID.into(),
-            platform,
-            cache_ttl: Duration::from_secs(1),
-        },
+        CredentialSource::SecretsManager { secret_id: SECRET_ID.into(), platform, cache_ttl: Duration::from_secs(1) },
     )
     .await;
     moto.set_auth(true).await;
@@ -221,7 +217,17 @@ async fn secretsmanager_rotation_under_load_has_zero_failed_requests() {
     // The app caches the secret for 1 s: after AWSCURRENT moves it keeps signing with the old key
     // for up to that long, so the old key must stay Active longer than the cache lives.
     let mut args = vec![
-        "rotate", "--user", &s.app_user, "--target", &target, "--probe", &probe, "--grace", "2s", "--output", "json",
+        "rotate",
+        "--user",
+        &s.app_user,
+        "--target",
+        &target,
+        "--probe",
+        &probe,
+        "--grace",
+        "2s",
+        "--output",
+        "json",
     ];
     args.extend(FAST);
     let out = rekey(&moto, &s.admin, dir.path(), &args).await;
@@ -237,7 +243,12 @@ async fn secretsmanager_rotation_under_load_has_zero_failed_requests() {
     let new = creds_in(&current);
     assert_rotated(&moto, &s, &json, &new).await;
     assert_eq!(current[OTHER_FIELD.0], OTHER_FIELD.1, "the other field is untouched");
-    assert_eq!(current.as_object().unwrap().len(), 3, "no field added or removed: {:?}", current.as_object().unwrap().keys());
+    assert_eq!(
+        current.as_object().unwrap().len(),
+        3,
+        "no field added or removed: {:?}",
+        current.as_object().unwrap().keys()
+    );
     let labels = secret_labels(&moto, &s.admin).await;
     assert!(holders(&labels, "AWSPENDING").is_empty(), "no AWSPENDING left: {labels:?}");
     assert_eq!(holders(&labels, "AWSCURRENT").len(), 1);
@@ -266,8 +277,19 @@ async fn ecs_environment_rotation_under_load_deploys_a_new_revision() {
     // app switches its tasks on its next 200 ms poll; on AWS a COMPLETED rollout has already
     // stopped the old tasks. The 1 s grace covers that gap of the model, not a cache.
     let mut args = vec![
-        "rotate", "--user", &s.app_user, "--target", &target, "--probe", &probe, "--ecs-timeout", "60s", "--grace",
-        "1s", "--output", "json",
+        "rotate",
+        "--user",
+        &s.app_user,
+        "--target",
+        &target,
+        "--probe",
+        &probe,
+        "--ecs-timeout",
+        "60s",
+        "--grace",
+        "1s",
+        "--output",
+        "json",
     ];
     args.extend(FAST);
     let out = rekey(&moto, &s.admin, dir.path(), &args).await;
@@ -472,8 +494,71 @@ async fn the_shipped_least_privilege_policy_is_enough_for_every_target_kind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_that_never_completes_rolls_the_service_back() {
-    // No MOTO_ECS_SERVICE_RUNNING: moto's deployments stay IN_PROGRESS with no task running.
+async fn an_ecs_rollback_with_the_shipped_policy_restores_the_revision_and_deregisters_the_copy() {
+    let moto = moto_with_ecs();
+    let s = seed(&moto).await;
+    let dir = state_dir();
+    create_cluster(&moto, &s.admin).await;
+    let original = create_service(&moto, &s.admin, SERVICE, KeyIn::Environment(&s.app_key)).await;
+    let actions = shipped_policy_actions();
+    let actions: Vec<&str> = actions.iter().map(String::as_str).collect();
+    let rotator = create_user(&moto, &s.admin, "rekey-rotator", &actions).await;
+    moto.set_auth(true).await;
+
+    // Nothing listens there: the probe fails after the new revision is deployed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe = format!("http://{}/health", dead.local_addr().unwrap());
+    drop(dead);
+    let target = format!("ecs:{CLUSTER}/{SERVICE}");
+    let mut args = vec![
+        "rotate",
+        "--user",
+        &s.app_user,
+        "--target",
+        &target,
+        "--probe",
+        &probe,
+        "--probe-timeout",
+        "2s",
+        "--ecs-timeout",
+        "30s",
+        "--output",
+        "json",
+    ];
+    args.extend(FAST);
+    let out = rekey(&moto, &rotator, dir.path(), &args).await;
+
+    out.assert_code(3);
+    let json = out.json();
+    assert_eq!(json["outcome"], "rolled_back", "{json}");
+    assert_eq!(json["targets"][0]["status"], "restored", "{json}");
+    assert_eq!(service_task_definition(&moto, &s.admin, SERVICE).await, original, "back on the original revision");
+    // The revision that held the new key is deregistered: no copy of the new secret is left.
+    let ecs = aws_sdk_ecs::Client::new(&moto.sdk_config(&s.admin));
+    let active = ecs
+        .list_task_definitions()
+        .family_prefix(SERVICE)
+        .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+        .send()
+        .await
+        .expect("ListTaskDefinitions");
+    assert_eq!(
+        active.task_definition_arns(),
+        std::slice::from_ref(&original),
+        "only the original revision is ACTIVE; rekey said:\n{}",
+        out.stderr
+    );
+    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, vec![(s.app_key.access_key_id.clone(), "Active".into())]);
+    assert!(sts_check(&moto, &s.app_key).await.is_ok());
+    moto.set_auth(false).await;
+}
+
+/// Without `MOTO_ECS_SERVICE_RUNNING` moto never completes any rollout: not rekey's, and not the
+/// one its rollback starts to put the original revision back. rekey cannot then tell that no task
+/// runs the new key, so it keeps the new key, reports `failed` (exit 4) and leaves the journal
+/// for `rekey resume`: the safe side. The service itself is already back on its revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_never_completes_points_the_service_back_and_keeps_the_new_key() {
     let moto = Moto::start();
     let s = seed(&moto).await;
     let dir = state_dir();
@@ -482,17 +567,22 @@ async fn a_rollout_that_never_completes_rolls_the_service_back() {
     moto.set_auth(true).await;
 
     let target = format!("ecs:{CLUSTER}/{SERVICE}");
-    let mut args = vec!["rotate", "--user", &s.app_user, "--target", &target, "--ecs-timeout", "5s", "--output", "json"];
+    let mut args =
+        vec!["rotate", "--user", &s.app_user, "--target", &target, "--ecs-timeout", "5s", "--output", "json"];
     args.extend(FAST);
     let out = rekey(&moto, &s.admin, dir.path(), &args).await;
 
-    out.assert_code(3);
+    out.assert_code(4);
     let json = out.json();
-    assert_eq!(json["outcome"], "rolled_back", "{json}");
+    assert_eq!(json["outcome"], "failed", "{json}");
     assert!(json["error"].as_str().unwrap().contains("timed out"), "{json}");
-    assert_eq!(json["targets"][0]["status"], "restored", "{json}");
+    assert_eq!(json["targets"][0]["status"], "restore_failed", "{json}");
+    assert!(json["left"].to_string().contains("resume"), "{json}");
     assert_eq!(service_task_definition(&moto, &s.admin, SERVICE).await, original, "back on the original revision");
-    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, vec![(s.app_key.access_key_id.clone(), "Active".into())]);
+    let keys = keys_of(&moto, &s.admin, &s.app_user).await;
+    assert!(keys.contains(&(s.app_key.access_key_id.clone(), "Active".into())), "old key Active: {keys:?}");
+    assert_eq!(keys.len(), 2, "the new key is kept while a task might use it: {keys:?}");
     assert!(sts_check(&moto, &s.app_key).await.is_ok());
+    assert!(dir.path().join("active").read_dir().unwrap().count() == 1, "journal left for `rekey resume`");
     moto.set_auth(false).await;
 }

@@ -18,6 +18,11 @@ pub trait Fixture: Send + Sync {
     async fn observe(&self) -> Vec<u8>;
 
     /// The key id the target holds before the suite runs, when it holds one itself.
+    ///
+    /// `None` is for a target that holds no key (an ECS service whose tasks read it from a secret):
+    /// the suite then checks that the target reports none, and does not expect `apply` to show in
+    /// [`Fixture::observe`], since such a target only restarts consumers and a restart cannot be
+    /// undone byte for byte.
     fn old_key_id(&self) -> Option<String>;
 
     /// Leftovers of a rotation that the fixture can see besides the target itself (backup files,
@@ -45,6 +50,11 @@ pub async fn run(fixture: &dyn Fixture, new_key: &NewKey) {
                 format!("preflight reports key {:?}, the target holds {old}", pf.current_key_id)
             });
             expect_key(case, t.as_ref(), old).await;
+        } else {
+            check(case, pf.current_key_id.is_none(), || {
+                format!("preflight reports key {:?}, the fixture says the target holds none", pf.current_key_id)
+            });
+            expect_no_key(case, t.as_ref()).await;
         }
         same(case, "preflight changed the target", &before, &fixture.observe().await, new_key);
     }
@@ -57,8 +67,10 @@ pub async fn run(fixture: &dyn Fixture, new_key: &NewKey) {
         t.apply(new_key, &snap).await.unwrap_or_else(|e| fail(case, &format!("apply failed: {e}")));
         if old.is_some() {
             expect_key(case, t.as_ref(), &new_key.access_key_id).await;
+            check(case, fixture.observe().await != before, || "apply changed nothing the fixture observes".into());
+        } else {
+            expect_no_key(case, t.as_ref()).await;
         }
-        check(case, fixture.observe().await != before, || "apply changed nothing the fixture observes".into());
         for attempt in ["first", "second"] {
             t.rollback(&snap).await.unwrap_or_else(|e| fail(case, &format!("{attempt} rollback failed: {e}")));
             let after = fixture.observe().await;
@@ -145,8 +157,10 @@ pub async fn run(fixture: &dyn Fixture, new_key: &NewKey) {
         t.stage(new_key, &snap).await.unwrap_or_else(|e| fail(case, &format!("stage failed: {e}")));
         t.apply(new_key, &snap).await.unwrap_or_else(|e| fail(case, &format!("apply failed: {e}")));
         t.finish(&snap).await.unwrap_or_else(|e| fail(case, &format!("finish failed: {e}")));
-        let after = fixture.observe().await;
-        check(case, after != before, || "the target no longer shows the new key after finish".into());
+        if old.is_some() {
+            let after = fixture.observe().await;
+            check(case, after != before, || "the target no longer shows the new key after finish".into());
+        }
         let residue = fixture.residue().await;
         check(case, residue.is_empty(), || format!("finish left residue behind: {residue:?}"));
         // A new process (the next rotation) must find the target usable, holding the new key.
@@ -157,6 +171,10 @@ pub async fn run(fixture: &dyn Fixture, new_key: &NewKey) {
                 format!("preflight after finish reports key {:?}, not the new key", pf.current_key_id)
             });
             expect_key(case, t.as_ref(), &new_key.access_key_id).await;
+        } else {
+            check(case, pf.current_key_id.is_none(), || {
+                format!("preflight after finish reports key {:?} on a target that holds none", pf.current_key_id)
+            });
         }
         let json = journal(case, &snap);
         check(case, !json.contains(new_key.secret()), || "the snapshot contains the new secret".into());
@@ -180,6 +198,11 @@ async fn take_snapshot(case: &str, t: &dyn Target) -> Snapshot {
 async fn expect_key(case: &str, t: &dyn Target, want: &str) {
     let got = t.current_key_id().await.unwrap_or_else(|e| fail(case, &format!("current_key_id failed: {e}")));
     check(case, got.as_deref() == Some(want), || format!("current_key_id is {got:?}, expected {want}"));
+}
+
+async fn expect_no_key(case: &str, t: &dyn Target) {
+    let got = t.current_key_id().await.unwrap_or_else(|e| fail(case, &format!("current_key_id failed: {e}")));
+    check(case, got.is_none(), || format!("current_key_id is {got:?} on a target that holds no key"));
 }
 
 /// What the orchestrator does with a snapshot: write it to the journal as JSON text.
@@ -303,5 +326,27 @@ mod tests {
     #[should_panic(expected = "conformance case `apply then rollback`: first rollback did not restore")]
     async fn a_rollback_that_restores_nothing_fails() {
         run(&memory(false), &key()).await;
+    }
+
+    /// A fixture that claims its target holds no key, to skip the checks that `apply` shows.
+    struct Keyless(Memory);
+
+    #[async_trait]
+    impl Fixture for Keyless {
+        fn target(&self) -> Box<dyn Target> {
+            Box::new(self.0.clone())
+        }
+        async fn observe(&self) -> Vec<u8> {
+            self.0.get().into_bytes()
+        }
+        fn old_key_id(&self) -> Option<String> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "conformance case `preflight`: preflight reports key Some(\"AKIAOLD\")")]
+    async fn a_target_holding_a_key_cannot_pass_as_keyless() {
+        run(&Keyless(memory(true)), &key()).await;
     }
 }

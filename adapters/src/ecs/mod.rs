@@ -4,7 +4,8 @@
 //! - **secrets**: a container reads the key from a Secrets Manager secret (`secrets[].valueFrom`).
 //!   Another target rotates the secret; this one starts new tasks so they read it.
 //! - **environment**: the key is written in a container's `environment`. Rotation registers a copy
-//!   of the revision with the two values replaced and deploys it; rollback points the service back.
+//!   of the revision with the two values replaced and deploys it; rollback points the service back,
+//!   and `finish` deregisters the old revision once the rotation is final.
 //!
 //! Either way the change reaches consumers only through a rollout, which `wait_consumers` awaits
 //! (see [`rollout`]).
@@ -462,6 +463,39 @@ impl Target for EcsTarget {
                 self.deregister_ours(&state).await
             }
         }
+    }
+
+    /// Environment mode: the snapshot's revision was kept only to point the service back at it. Once
+    /// the service runs the copy `apply` made of it, deregister it, as an env file's backup is
+    /// deleted: it holds the retired key and must not be deployed again by mistake. Nothing is done
+    /// after a rollback (the service runs that revision again) or when someone else deployed since.
+    async fn finish(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
+        let state = self.state(snapshot)?;
+        if state.mode != Mode::Environment {
+            return Ok(());
+        }
+        let Some(current) = self.describe_service().await?.task_definition().map(str::to_string) else {
+            return Ok(());
+        };
+        if current == state.task_definition {
+            return Ok(());
+        }
+        let (original, _) = self.describe_task_definition(&state.task_definition, false).await?;
+        if original.status() != Some(&TaskDefinitionStatus::Active) {
+            return Ok(());
+        }
+        let (running, _) = self.describe_task_definition(&current, false).await?;
+        if !taskdef::is_rewrite_of(&running, &original, &self.fields) {
+            return Ok(());
+        }
+        self.client
+            .deregister_task_definition()
+            .task_definition(&state.task_definition)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err("ecs:DeregisterTaskDefinition", e))?;
+        tracing::info!(target_name = %self.name, "deregistered {}, which held the old key", state.task_definition);
+        Ok(())
     }
 }
 
