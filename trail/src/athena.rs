@@ -1,0 +1,1 @@
+//! Athena: the same search as SQL over the trail bucket, for trails too big for one machine.
