@@ -20,6 +20,7 @@
 use std::time::{Duration, SystemTime};
 
 pub mod athena;
+pub mod classify;
 pub mod record;
 mod scan;
 pub mod source;
