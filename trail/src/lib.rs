@@ -40,6 +40,9 @@ pub struct Query {
     pub keys: Vec<String>,
     /// Also follow the keys those keys minted, recursively.
     pub follow: bool,
+    /// Records with these event names are wanted too, whoever signed them (an investigation's
+    /// context: the alternate contacts and trust policies recorded before the attack).
+    pub event_names: Vec<String>,
     pub since: Option<SystemTime>,
     pub until: Option<SystemTime>,
     /// Threads that decompress and scan (default: the number of cores).
@@ -51,6 +54,7 @@ impl Query {
         Query {
             keys,
             follow: false,
+            event_names: Vec::new(),
             since: None,
             until: None,
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
@@ -61,7 +65,8 @@ impl Query {
 /// One record signed by a followed key.
 #[derive(Debug, Clone)]
 pub struct Match {
-    /// The key chain from a queried key to the signing key: `[AKIA…, ASIA…]`.
+    /// The key chain from a queried key to the signing key: `[AKIA…, ASIA…]`; empty for a record
+    /// wanted for its event name only.
     pub chain: Vec<String>,
     /// The file (or object) it came from.
     pub source: String,

@@ -14,7 +14,7 @@ use memchr::memmem;
 
 use crate::record::{Record, Records};
 use crate::source::{Item, Source};
-use crate::{DELIVERY_MARGIN, DerivedKey, Match, Query, ScanError, Summary, parse_time};
+use crate::{DerivedKey, Match, Query, ScanError, Summary, parse_time};
 
 /// The keys known so far, and a searcher for those from `from` on.
 struct KeySet {
@@ -24,15 +24,15 @@ struct KeySet {
 }
 
 enum Searcher {
-    One(memmem::Finder<'static>),
-    Many(AhoCorasick),
+    One(Box<memmem::Finder<'static>>),
+    Many(Box<AhoCorasick>),
 }
 
 impl Searcher {
     fn new(keys: &[String]) -> Searcher {
         match keys {
-            [one] => Searcher::One(memmem::Finder::new(one.as_bytes()).into_owned()),
-            many => Searcher::Many(AhoCorasick::new(many).expect("key ids are plain ASCII patterns")),
+            [one] => Searcher::One(Box::new(memmem::Finder::new(one.as_bytes()).into_owned())),
+            many => Searcher::Many(Box::new(AhoCorasick::new(many).expect("key ids are plain ASCII patterns"))),
         }
     }
 
@@ -48,6 +48,8 @@ impl Searcher {
 struct Wanted {
     keys: Arc<Vec<String>>,
     from: usize,
+    /// Event names wanted whoever signed them (only on a file's first read).
+    names: Arc<Vec<String>>,
     searcher: Arc<Searcher>,
 }
 
@@ -55,6 +57,15 @@ impl Wanted {
     fn signer(&self, key: &str) -> bool {
         self.keys[self.from..].iter().any(|k| k == key)
     }
+
+    fn name(&self, name: &str) -> bool {
+        self.from == 0 && self.names.iter().any(|n| n == name)
+    }
+}
+
+/// What the pre-filter looks for: the keys, and the event names wanted whoever signed them.
+fn patterns(keys: &[String], names: &[String]) -> Vec<String> {
+    keys.iter().chain(names).cloned().collect()
 }
 
 struct Unit {
@@ -89,6 +100,9 @@ struct FileResult {
 
 static RECORD_MARK: &[u8] = b"\"eventID\"";
 
+/// File names carry the delivery minute; allow for that rounding and for clock skew.
+const MINT_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Decompress (when gzipped), pre-filter, and parse only what contains a wanted key.
 fn process(
     data: &[u8],
@@ -117,12 +131,15 @@ fn process(
                 malformed += 1;
                 continue;
             };
-            let Some(signer) = rec.access_key_id().filter(|k| wanted.signer(k)) else { continue };
+            let by_key = rec.access_key_id().filter(|k| wanted.signer(k));
+            if by_key.is_none() && !rec.event_name.get().is_some_and(|n| wanted.name(n)) {
+                continue;
+            }
             let own = |s: Option<&str>| s.map(str::to_string);
             found.push(Found {
                 raw: rec.raw().to_string(),
-                signer: signer.to_string(),
-                minted: if follow { rec.minted().map(|m| (m.key, m.principal)) } else { None },
+                signer: by_key.unwrap_or_default().to_string(),
+                minted: if follow && by_key.is_some() { rec.minted().map(|m| (m.key, m.principal)) } else { None },
                 event_time: own(rec.time()),
                 event_name: own(rec.event_name.get()),
                 event_source: own(rec.event_source.get()),
@@ -171,10 +188,12 @@ pub fn scan(sources: &[&dyn Source], query: &Query, on_match: &mut dyn FnMut(Mat
     let current: RwLock<Wanted> = RwLock::new(Wanted {
         keys: Arc::new(set.read().expect("fresh lock").keys.clone()),
         from: 0,
-        searcher: Arc::new(Searcher::new(&set.read().expect("fresh lock").keys)),
+        names: Arc::new(query.event_names.clone()),
+        searcher: Arc::new(Searcher::new(&patterns(&set.read().expect("fresh lock").keys, &query.event_names))),
     });
     let mut parent: HashMap<String, String> = HashMap::new();
     let mut searched = vec![0usize; items.len()];
+    let mut corrupt = vec![false; items.len()];
 
     // First pass over everything, then re-reads for keys learnt too late, until nothing is new.
     let mut pass: Vec<usize> = (0..items.len()).collect();
@@ -186,7 +205,7 @@ pub fn scan(sources: &[&dyn Source], query: &Query, on_match: &mut dyn FnMut(Mat
                 let cur = current.read().expect("lock");
                 let from = if first { 0 } else { searched[index] };
                 let searcher = if first { cur.searcher.clone() } else { Arc::new(Searcher::new(&cur.keys[from..])) };
-                Unit { index, wanted: Wanted { keys: cur.keys.clone(), from, searcher } }
+                Unit { index, wanted: Wanted { keys: cur.keys.clone(), from, names: cur.names.clone(), searcher } }
             })
             .collect();
         if !first {
@@ -202,6 +221,7 @@ pub fn scan(sources: &[&dyn Source], query: &Query, on_match: &mut dyn FnMut(Mat
             }
             searched[result.index] = searched[result.index].max(result.searched);
             if let Some(problem) = result.corrupt {
+                corrupt[result.index] = true;
                 summary.corrupt.push((items[result.index].1.name.clone(), problem));
                 return;
             }
@@ -221,11 +241,12 @@ pub fn scan(sources: &[&dyn Source], query: &Query, on_match: &mut dyn FnMut(Mat
                         });
                         let mut cur = current.write().expect("lock");
                         cur.keys = Arc::new(ks.keys.clone());
-                        cur.searcher = Arc::new(Searcher::new(&ks.keys));
+                        cur.searcher = Arc::new(Searcher::new(&patterns(&ks.keys, &query.event_names)));
                     }
                 }
-                let mut chain = vec![f.signer.clone()];
-                while let Some(p) = parent.get(chain.last().expect("non-empty")) {
+                // A record wanted for its event name alone has no chain.
+                let mut chain = if f.signer.is_empty() { Vec::new() } else { vec![f.signer.clone()] };
+                while let Some(p) = chain.last().and_then(|last| parent.get(last)) {
                     if chain.contains(p) {
                         break;
                     }
@@ -249,23 +270,28 @@ pub fn scan(sources: &[&dyn Source], query: &Query, on_match: &mut dyn FnMut(Mat
         });
         first = false;
 
-        // A file needs another read if a key learnt after it was searched could be in it: the key
-        // was minted before the file was delivered (or either time is unknown).
+        // A file needs another read if a key learnt after it was searched could be in it. A key's
+        // records are all delivered after it was minted, so only files delivered since then (less
+        // the minute that file names round down to, and some clock skew) can hold them.
         let ks = set.read().expect("lock");
         pass = (0..items.len())
             .filter(|&i| {
                 let delivered = items[i].1.delivered;
                 searched[i] < ks.keys.len()
                     && ks.minted_at[searched[i]..].iter().any(|m| match (m, delivered) {
-                        (Some(m), Some(d)) => d + DELIVERY_MARGIN >= *m,
+                        (Some(m), Some(d)) => d + MINT_SKEW >= *m,
                         _ => true,
                     })
-                    && !summary.corrupt.iter().any(|(n, _)| *n == items[i].1.name)
+                    && !corrupt[i]
             })
             .collect();
         // Files that need no re-read count as searched for every key.
+        let mut again = vec![false; items.len()];
+        for &i in &pass {
+            again[i] = true;
+        }
         for (i, s) in searched.iter_mut().enumerate() {
-            if !pass.contains(&i) {
+            if !again[i] {
                 *s = ks.keys.len();
             }
         }
@@ -305,7 +331,12 @@ fn run_pass(
                     if first {
                         // Take the freshest key set: keys learnt while earlier files were scanned.
                         let cur = current.read().expect("lock");
-                        unit.wanted = Wanted { keys: cur.keys.clone(), from: 0, searcher: cur.searcher.clone() };
+                        unit.wanted = Wanted {
+                            keys: cur.keys.clone(),
+                            from: 0,
+                            names: cur.names.clone(),
+                            searcher: cur.searcher.clone(),
+                        };
                     }
                     let (s, item) = &items[unit.index];
                     let data = sources[*s].fetch(item).map_err(|e| e.problem);

@@ -85,7 +85,7 @@ fn reference(records: &[Value], key: &str, follow: bool) -> BTreeSet<String> {
             break;
         }
     }
-    records.iter().filter(|r| signer(r).is_some_and(|s| keys.contains(s))).map(|r| ident(r)).collect()
+    records.iter().filter(|r| signer(r).is_some_and(|s| keys.contains(s))).map(ident).collect()
 }
 
 fn ident(r: &Value) -> String {

@@ -1,0 +1,1572 @@
+//! Scan benchmark: `cargo bench -p rekey-trail --bench scan` (or `scripts/bench-trace.sh`).
+//!
+//! Generates a realistic trail (seeded, so every run reads the same bytes) in the real layout, plants
+//! a compromised key and the keys it minted, then measures `rekey_trail::scan` over local files for
+//! one key and with `follow`, checks the matches against what was planted (exactly, or it fails),
+//! measures peak memory at two input sizes, and runs `zcat | jq` on the same files for comparison.
+//!
+//! Every scan runs in a child process (this binary, re-executed with `REKEY_BENCH_CHILD` set), so
+//! its peak RSS (`VmHWM`) is the scan's own and not the generator's.
+//!
+//! Environment:
+//! - `REKEY_BENCH_MB` (1000): uncompressed MB of the large trail; the small one is a quarter of it.
+//! - `REKEY_BENCH_RUNS` (3): runs per measurement; the median is reported.
+//! - `REKEY_BENCH_SEED` (42): the generator's seed.
+//! - `REKEY_BENCH_JQ` (1): 0 skips `zcat | jq`.
+//! - `REKEY_BENCH_DIR`: where to generate (default: a temporary folder, removed afterwards).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::{Read, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use rekey_trail::{LocalSource, Query, scan};
+
+const ACCOUNT: &str = "284619573026";
+/// 2025-03-03T00:00:00Z: the first file's delivery time.
+const START: u64 = 1_740_960_000;
+/// Delivery times of consecutive files are this far apart (several regions deliver every 5 min).
+const FILE_STEP: u64 = 97;
+const B32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const HEX: &[u8] = b"0123456789abcdef";
+
+// ---------------------------------------------------------------------------------------------
+// A tiny deterministic PRNG (splitmix64), so the trail is the same on every run.
+
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        let mut r = Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
+        r.next();
+        r
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    fn f64(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        self.f64() < p
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+    fn chars(&mut self, alphabet: &[u8], n: usize) -> String {
+        (0..n).map(|_| alphabet[self.below(alphabet.len() as u64) as usize] as char).collect()
+    }
+    fn key(&mut self, prefix: &str) -> String {
+        format!("{prefix}{}", self.chars(B32, 16))
+    }
+    fn uuid(&mut self) -> String {
+        let h = self.chars(HEX, 32);
+        format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    }
+    fn ip(&mut self) -> String {
+        let first = *self.pick(&[3u64, 18, 34, 35, 44, 52, 54, 63, 81, 93, 104, 145, 185, 203]);
+        format!("{first}.{}.{}.{}", self.below(256), self.below(256), self.range(1, 254))
+    }
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    Rng::new(a.wrapping_mul(0x100_0000_01B3) ^ b.rotate_left(29)).next()
+}
+
+fn ts(t: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t)).to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The account: IAM users with long-term keys, roles whose sessions come and go.
+
+const USER_AGENTS: &[&str] = &[
+    "aws-cli/2.15.30 Python/3.11.8 Linux/6.1.79-99.167.amzn2023.x86_64 exe/x86_64.amzn.2023 prompt/off command/s3.cp",
+    "aws-cli/2.13.25 Python/3.11.5 Darwin/23.1.0 exe/x86_64 prompt/off command/ec2.describe-instances",
+    "Boto3/1.34.69 md/Botocore#1.34.69 ua/2.0 os/linux#5.10.213 md/arch#x86_64 lang/python#3.11.8 Botocore/1.34.69",
+    "APN/1.0 HashiCorp/1.0 Terraform/1.7.5 (+https://www.terraform.io) terraform-provider-aws/5.42.0 aws-sdk-go-v2/1.25.3 os/linux lang/go#1.22.1",
+    "aws-sdk-java/2.25.16 Linux/5.10.210 OpenJDK_64-Bit_Server_VM/17.0.10+7-LTS Java/17.0.10 vendor/Amazon.com_Inc.",
+    "aws-sdk-go/1.51.6 (go1.21.8; linux; amd64)",
+    "aws-sdk-js/3.540.0 ua/2.0 os/linux#5.10.210 lang/js md/nodejs#18.19.1 api/s3#3.540.0",
+    "aws-sdk-rust/1.1.8 os/linux lang/rust/1.76.0",
+    "console.amazonaws.com",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/122.0.0.0 Safari/537.36",
+];
+
+const FIRST: &[&str] = &[
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "niaj", "olivia",
+    "peggy", "rupert", "sybil", "trent", "victor", "walter", "yusuf",
+];
+const SERVICE_USERS: &[&str] = &[
+    "ci-deploy",
+    "github-actions",
+    "jenkins",
+    "terraform",
+    "backup-agent",
+    "datadog-integration",
+    "grafana-reader",
+    "s3-sync",
+    "billing-export",
+    "legacy-app",
+    "monitoring",
+    "airflow",
+    "etl-loader",
+    "ses-smtp-user.20231104",
+];
+const ROLES: &[(&str, &str)] = &[
+    ("EC2-AppServer", "ec2.amazonaws.com"),
+    ("EC2-Worker", "ec2.amazonaws.com"),
+    ("AmazonSSMRoleForInstancesQuickSetup", "ec2.amazonaws.com"),
+    ("eks-node-group-NodeInstanceRole", "ec2.amazonaws.com"),
+    ("ingest-lambda-role", "lambda.amazonaws.com"),
+    ("thumbnailer-lambda-role", "lambda.amazonaws.com"),
+    ("api-authorizer-role", "lambda.amazonaws.com"),
+    ("ecsTaskExecutionRole", "ecs-tasks.amazonaws.com"),
+    ("orders-service-task-role", "ecs-tasks.amazonaws.com"),
+    ("payments-task-role", "ecs-tasks.amazonaws.com"),
+    ("AWSServiceRoleForAutoScaling", "autoscaling.amazonaws.com"),
+    ("AWSServiceRoleForConfig", "config.amazonaws.com"),
+    ("AWSServiceRoleForECS", "ecs.amazonaws.com"),
+    ("AWSServiceRoleForElasticLoadBalancing", "elasticloadbalancing.amazonaws.com"),
+    ("AWSServiceRoleForTrustedAdvisor", "trustedadvisor.amazonaws.com"),
+    ("config-recorder", "config.amazonaws.com"),
+    ("firehose-delivery-role", "firehose.amazonaws.com"),
+    ("glue-crawler-role", "glue.amazonaws.com"),
+    ("codebuild-service-role", "codebuild.amazonaws.com"),
+    ("step-functions-role", "states.amazonaws.com"),
+    ("datadog-integration-role", "sts.amazonaws.com"),
+    ("OrganizationAccountAccessRole", "sts.amazonaws.com"),
+    ("prod-admin", "sts.amazonaws.com"),
+    ("data-export", "sts.amazonaws.com"),
+    ("ReadOnlyAudit", "sts.amazonaws.com"),
+];
+const REGIONS: &[(&str, u64)] = &[
+    ("us-east-1", 40),
+    ("eu-west-1", 20),
+    ("us-west-2", 15),
+    ("eu-central-1", 10),
+    ("ap-southeast-2", 8),
+    ("us-east-2", 7),
+];
+const BUCKETS: &[&str] = &[
+    "acme-prod-assets",
+    "acme-data-lake-raw",
+    "acme-data-lake-curated",
+    "acme-backups",
+    "acme-logs-archive",
+    "acme-terraform-state",
+    "acme-ml-artifacts",
+    "acme-customer-exports",
+];
+
+struct User {
+    name: String,
+    id: String,
+    keys: Vec<String>,
+    ua: &'static str,
+    ip: String,
+}
+
+struct Role {
+    name: &'static str,
+    id: String,
+    service: &'static str,
+}
+
+/// An actor as records show it.
+struct Actor {
+    identity: String,
+    ip: String,
+    ua: String,
+}
+
+struct World {
+    seed: u64,
+    users: Vec<User>,
+    roles: Vec<Role>,
+    kms_keys: Vec<String>,
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut rng = Rng::new(seed);
+        let mut users = Vec::new();
+        let names: Vec<String> = FIRST
+            .iter()
+            .map(|f| format!("{f}.{}", rng.chars(b"abcdefghijklmnopqrstuvwxyz", 5)))
+            .chain(SERVICE_USERS.iter().map(|s| s.to_string()))
+            .collect();
+        for name in names {
+            let nkeys = if rng.chance(0.3) { 2 } else { 1 };
+            users.push(User {
+                name,
+                id: rng.key("AIDA"),
+                keys: (0..nkeys).map(|_| rng.key("AKIA")).collect(),
+                ua: USER_AGENTS[rng.below(8) as usize],
+                ip: rng.ip(),
+            });
+        }
+        let roles = ROLES.iter().map(|(name, service)| Role { name, id: rng.key("AROA"), service }).collect();
+        let kms_keys = (0..6).map(|_| rng.uuid()).collect();
+        World { seed, users, roles, kms_keys }
+    }
+
+    fn user_identity(user: &User, key: Option<&str>) -> String {
+        let mut s = format!(
+            r#"{{"type":"IAMUser","principalId":"{}","arn":"arn:aws:iam::{ACCOUNT}:user/{}","accountId":"{ACCOUNT}""#,
+            user.id, user.name
+        );
+        if let Some(k) = key {
+            let _ = write!(s, r#","accessKeyId":"{k}""#);
+        }
+        let _ = write!(s, r#","userName":"{}"}}"#, user.name);
+        s
+    }
+
+    fn role_identity(role: &Role, session: &str, key: &str, created: u64, invoked_by: Option<&str>) -> String {
+        let mut s = format!(
+            r#"{{"type":"AssumedRole","principalId":"{}:{session}","arn":"arn:aws:sts::{ACCOUNT}:assumed-role/{}/{session}","accountId":"{ACCOUNT}","accessKeyId":"{key}","sessionContext":{{"sessionIssuer":{{"type":"Role","principalId":"{}","arn":"arn:aws:iam::{ACCOUNT}:role/{}","accountId":"{ACCOUNT}","userName":"{}"}},"webIdFederationData":{{}},"attributes":{{"creationDate":"{}","mfaAuthenticated":"false"}}"#,
+            role.id,
+            role.name,
+            role.id,
+            role.name,
+            role.name,
+            ts(created)
+        );
+        if role.service == "ec2.amazonaws.com" {
+            let _ = write!(s, r#","ec2RoleDelivery":"2.0""#);
+        }
+        s.push('}');
+        if let Some(by) = invoked_by {
+            let _ = write!(s, r#","invokedBy":"{by}""#);
+        }
+        s.push('}');
+        s
+    }
+
+    /// The session of `role` during hour `hour`: the same key in every file of that hour.
+    fn session(&self, role: usize, hour: u64) -> (String, String, u64) {
+        let mut r = Rng::new(mix(self.seed ^ 0x5e55, ((role as u64) << 32) | hour));
+        let key = r.key("ASIA");
+        let name = match self.roles[role].service {
+            "ec2.amazonaws.com" => format!("i-0{}", r.chars(HEX, 16)),
+            "lambda.amazonaws.com" => {
+                format!("{}-{}", self.roles[role].name.trim_end_matches("-role"), r.chars(HEX, 8))
+            }
+            "ecs-tasks.amazonaws.com" => r.chars(HEX, 32),
+            _ => (1_700_000_000 + r.below(99_999_999)).to_string(),
+        };
+        (key, name, hour * 3600 + r.below(1800))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The compromised key and what it minted.
+
+const PLANTED: usize = 4;
+/// Key 0 is queried; key i was minted by key PARENT[i].
+const PARENT: [Option<usize>; PLANTED] = [None, Some(0), Some(1), Some(0)];
+
+#[derive(Clone)]
+enum Plant {
+    /// An ordinary call signed by the key.
+    Use,
+    /// A call signed by the key that fails with AccessDenied (an AssumeRole that mints nothing).
+    FailedAssume,
+    /// A call signed by the key that mints planted key n.
+    Mint(usize),
+    /// A call by an administrator naming key 0 in its parameters (not signed by it: not a match).
+    Decoy,
+}
+
+#[derive(Clone)]
+struct Planted {
+    key: usize,
+    what: Plant,
+    time: u64,
+    event_id: String,
+    /// Where in the file (0..1).
+    at: f64,
+}
+
+struct Plan {
+    keys: [String; PLANTED],
+    /// When each minted key was minted.
+    minted: [u64; PLANTED],
+    by_file: BTreeMap<usize, Vec<Planted>>,
+    /// (key, event id, file) of every record a planted key signed.
+    expected: Vec<(usize, String, usize)>,
+}
+
+fn delivered(file: usize) -> u64 {
+    START + file as u64 * FILE_STEP
+}
+
+impl Plan {
+    fn new(seed: u64, files: usize) -> Plan {
+        assert!(files >= 80, "the trail is too small to plant a key chain in ({files} files); raise REKEY_BENCH_MB");
+        let mut rng = Rng::new(seed ^ 0x91a7);
+        let keys = [rng.key("AKIA"), rng.key("ASIA"), rng.key("ASIA"), rng.key("AKIA")];
+        let mut plan = Plan { keys, minted: [0; PLANTED], by_file: BTreeMap::new(), expected: Vec::new() };
+        let n = files;
+        let add = |plan: &mut Plan, rng: &mut Rng, file: usize, key: usize, what: Plant, time: u64| {
+            let event_id = rng.uuid();
+            if !matches!(what, Plant::Decoy) {
+                plan.expected.push((key, event_id.clone(), file));
+            }
+            let at = rng.f64();
+            plan.by_file.entry(file).or_default().push(Planted { key, what, time, event_id, at });
+        };
+        let time_in = |rng: &mut Rng, file: usize| delivered(file) - rng.range(60, 600);
+
+        // Key 0 (AKIA): used now and then over most of the trail.
+        let (first, last) = (n / 20, n - n / 20);
+        for _ in 0..40 {
+            let f = rng.range(first as u64, last as u64) as usize;
+            for _ in 0..rng.range(1, 4) {
+                let t = time_in(&mut rng, f);
+                add(&mut plan, &mut rng, f, 0, Plant::Use, t);
+            }
+        }
+        // Key 0 tries a role it may not assume, then assumes prod-admin: key 1 (ASIA, 12 h session).
+        let f1 = n / 5;
+        let t = time_in(&mut rng, f1 - 1);
+        add(&mut plan, &mut rng, f1 - 1, 0, Plant::FailedAssume, t);
+        plan.minted[1] = time_in(&mut rng, f1);
+        let t = plan.minted[1];
+        add(&mut plan, &mut rng, f1, 0, Plant::Mint(1), t);
+        let span1 = (n / 5).min(445);
+        for _ in 0..25 {
+            let f = rng.range(f1 as u64 + 8, (f1 + span1) as u64) as usize;
+            for _ in 0..rng.range(1, 3) {
+                let t = time_in(&mut rng, f);
+                add(&mut plan, &mut rng, f, 1, Plant::Use, t);
+            }
+        }
+        // Key 1 chains into data-export: key 2 (ASIA, 1 h at most). The minting record is delivered
+        // late (12 min), and one use of key 2 is in a file delivered 5 files (8 min) before it.
+        let f2 = f1 + span1 / 2;
+        plan.minted[2] = delivered(f2) - 720;
+        let t = plan.minted[2];
+        add(&mut plan, &mut rng, f2, 1, Plant::Mint(2), t);
+        add(&mut plan, &mut rng, f2 - 5, 2, Plant::Use, t + 60);
+        for _ in 0..20 {
+            let f = rng.range(f2 as u64 + 1, (f2 + 36).min(n - 1) as u64) as usize;
+            for _ in 0..rng.range(1, 4) {
+                let t = time_in(&mut rng, f).max(plan.minted[2] + 1);
+                add(&mut plan, &mut rng, f, 2, Plant::Use, t);
+            }
+        }
+        // Key 0 creates a key for another user (a backdoor): key 3 (AKIA), used until the end.
+        let f3 = n / 2;
+        plan.minted[3] = time_in(&mut rng, f3);
+        let t = plan.minted[3];
+        add(&mut plan, &mut rng, f3, 0, Plant::Mint(3), t);
+        for _ in 0..30 {
+            let f = rng.range(f3 as u64 + 8, n as u64 - 1) as usize;
+            let t = time_in(&mut rng, f);
+            add(&mut plan, &mut rng, f, 3, Plant::Use, t);
+        }
+        // An administrator looks key 0 up and deactivates it: the key id is in those files, unsigned.
+        for f in [n - n / 25, n - n / 30] {
+            let t = time_in(&mut rng, f);
+            add(&mut plan, &mut rng, f, 0, Plant::Decoy, t);
+        }
+        for list in plan.by_file.values_mut() {
+            list.sort_by(|a, b| a.at.total_cmp(&b.at));
+        }
+        plan
+    }
+
+    /// The chain from key 0 to key `k`.
+    fn chain(&self, mut k: usize) -> String {
+        let mut chain = vec![self.keys[k].clone()];
+        while let Some(p) = PARENT[k] {
+            chain.push(self.keys[p].clone());
+            k = p;
+        }
+        chain.reverse();
+        chain.join(",")
+    }
+
+    /// The (event id, chain) pairs a scan must report.
+    fn expected_matches(&self, follow: bool) -> BTreeSet<(String, String)> {
+        self.expected
+            .iter()
+            .filter(|(k, _, _)| follow || *k == 0)
+            .map(|(k, id, _)| (id.clone(), self.chain(*k)))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One log file.
+
+struct Event<'a> {
+    identity: &'a str,
+    time: u64,
+    source: &'a str,
+    name: &'a str,
+    ip: &'a str,
+    ua: &'a str,
+    error: Option<(&'a str, &'a str)>,
+    request: &'a str,
+    response: &'a str,
+    additional: Option<&'a str>,
+    read_only: bool,
+    resources: Option<&'a str>,
+    event_type: &'a str,
+    data: bool,
+    shared: bool,
+}
+
+struct FileGen<'a> {
+    world: &'a World,
+    plan: &'a Plan,
+    /// Call contents.
+    rng: Rng,
+    /// Event and request ids (so that a repeated call still gets new ids).
+    ids: Rng,
+    region: &'static str,
+    out: String,
+    records: u64,
+    /// The event id the next record gets (a planted one), instead of a random one.
+    next_id: Option<String>,
+}
+
+impl<'a> FileGen<'a> {
+    fn event(&mut self, e: &Event) {
+        if self.records > 0 {
+            self.out.push(',');
+        }
+        self.records += 1;
+        let id = self.next_id.take().unwrap_or_else(|| self.ids.uuid());
+        let request_id = if e.data { self.ids.chars(b"0123456789ABCDEF", 16) } else { self.ids.uuid() };
+        let o = &mut self.out;
+        let _ = write!(
+            o,
+            r#"{{"eventVersion":"{}","userIdentity":{},"eventTime":"{}","eventSource":"{}","eventName":"{}","awsRegion":"{}","sourceIPAddress":"{}","userAgent":"{}""#,
+            if e.data { "1.10" } else { "1.09" },
+            e.identity,
+            ts(e.time),
+            e.source,
+            e.name,
+            self.region,
+            e.ip,
+            e.ua
+        );
+        if let Some((code, message)) = e.error {
+            let _ = write!(o, r#","errorCode":"{code}","errorMessage":"{message}""#);
+        }
+        let _ = write!(o, r#","requestParameters":{},"responseElements":{}"#, e.request, e.response);
+        if let Some(a) = e.additional {
+            let _ = write!(o, r#","additionalEventData":{a}"#);
+        }
+        let _ = write!(o, r#","requestID":"{request_id}","eventID":"{id}","readOnly":{}"#, e.read_only);
+        if let Some(r) = e.resources {
+            let _ = write!(o, r#","resources":{r}"#);
+        }
+        let _ = write!(
+            o,
+            r#","eventType":"{}","managementEvent":{},"recipientAccountId":"{ACCOUNT}""#,
+            e.event_type, !e.data
+        );
+        if e.shared {
+            let _ = write!(o, r#","sharedEventID":"{}""#, self.ids.uuid());
+        }
+        let _ = write!(o, r#","eventCategory":"{}""#, if e.data { "Data" } else { "Management" });
+        if !e.source.ends_with("amazonaws.com") || e.ip.ends_with("amazonaws.com") {
+            o.push('}');
+            return;
+        }
+        let host = format!("{}.{}.amazonaws.com", e.source.trim_end_matches(".amazonaws.com"), self.region);
+        let _ = write!(
+            o,
+            r#","tlsDetails":{{"tlsVersion":"TLSv1.3","cipherSuite":"TLS_AES_128_GCM_SHA256","clientProvidedHostHeader":"{host}"}}}}"#
+        );
+    }
+
+    /// A background actor: an IAM user's key or a role session of the current hour.
+    fn actor(&mut self, t: u64) -> Actor {
+        let world = self.world;
+        if self.rng.chance(0.5) {
+            let u = &world.users[self.rng.below(self.world.users.len() as u64) as usize];
+            let key = self.rng.pick(&u.keys).clone();
+            let ua = if self.rng.chance(0.8) { u.ua } else { *self.rng.pick(&USER_AGENTS[..8]) };
+            Actor { identity: World::user_identity(u, Some(&key)), ip: u.ip.clone(), ua: ua.to_string() }
+        } else {
+            let r = self.rng.below(world.roles.len() as u64) as usize;
+            let (key, name, created) = world.session(r, t / 3600);
+            let role = &world.roles[r];
+            let service = role.service;
+            let by = (service != "sts.amazonaws.com" && self.rng.chance(0.2)).then_some(service);
+            let ip = match by {
+                Some(s) => s.to_string(),
+                None => format!("{}.{}.{}.{}", 3 + r % 50, r * 7 % 256, (created / 3600) % 256, r % 200 + 1),
+            };
+            let ua = by.map(str::to_string).unwrap_or_else(|| USER_AGENTS[r % 8].to_string());
+            Actor { identity: World::role_identity(role, &name, &key, created, by), ip, ua }
+        }
+    }
+
+    fn maybe_error(&mut self, p: f64) -> Option<(&'static str, &'static str)> {
+        if !self.rng.chance(p) {
+            return None;
+        }
+        Some(*self.rng.pick(&[
+            ("AccessDenied", "User is not authorized to perform this operation"),
+            ("Client.UnauthorizedOperation", "You are not authorized to perform this operation."),
+            ("ThrottlingException", "Rate exceeded"),
+            ("NoSuchEntityException", "The specified entity cannot be found."),
+        ]))
+    }
+
+    /// AssumeRole by an AWS service for one of its roles: mints the role's session key.
+    fn service_assume_role(&mut self, t: u64) {
+        let world = self.world;
+        let r = self.rng.below(world.roles.len() as u64) as usize;
+        let role = &world.roles[r];
+        let service = if role.service == "sts.amazonaws.com" { "ec2.amazonaws.com" } else { role.service };
+        let (key, name, _) = world.session(r, t / 3600);
+        let identity = format!(r#"{{"type":"AWSService","invokedBy":"{service}"}}"#);
+        let role_arn = format!("arn:aws:iam::{ACCOUNT}:role/{}", role.name);
+        let request = format!(r#"{{"roleArn":"{role_arn}","roleSessionName":"{name}"}}"#);
+        let token_len = self.rng.range(300, 700) as usize;
+        let response = format!(
+            r#"{{"credentials":{{"accessKeyId":"{key}","sessionToken":"IQoJb3JpZ2luX2VjE{}","expiration":"{}"}},"assumedRoleUser":{{"assumedRoleId":"{}:{name}","arn":"arn:aws:sts::{ACCOUNT}:assumed-role/{}/{name}"}}}}"#,
+            self.rng.chars(B64, token_len),
+            ts(t + 3600 * 6),
+            role.id,
+            role.name
+        );
+        let resources = format!(r#"[{{"accountId":"{ACCOUNT}","type":"AWS::IAM::Role","ARN":"{role_arn}"}}]"#);
+        self.event(&Event {
+            identity: &identity,
+            time: t,
+            source: "sts.amazonaws.com",
+            name: "AssumeRole",
+            ip: service,
+            ua: service,
+            error: None,
+            request: &request,
+            response: &response,
+            additional: None,
+            read_only: true,
+            resources: Some(&resources),
+            event_type: "AwsApiCall",
+            data: false,
+            shared: true,
+        });
+    }
+
+    /// A management read call: Describe*, List*, Get*.
+    fn read_call(&mut self, a: &Actor, t: u64) {
+        let rng = &mut self.rng;
+        let bucket = *rng.pick(BUCKETS);
+        let (source, name, request) = match rng.below(16) {
+            0 | 1 => {
+                let items: Vec<String> = (0..rng.range(0, 6))
+                    .map(|_| format!(r#"{{"instanceId":"i-0{}"}}"#, rng.chars(HEX, 16)))
+                    .collect();
+                (
+                    "ec2.amazonaws.com",
+                    "DescribeInstances",
+                    format!(
+                        r#"{{"instancesSet":{{"items":[{}]}},"filterSet":{{"items":[{{"name":"tag:Environment","valueSet":{{"items":[{{"value":"prod"}}]}}}}]}}}}"#,
+                        items.join(",")
+                    ),
+                )
+            }
+            2 => ("ec2.amazonaws.com", "DescribeSecurityGroups", r#"{"securityGroupSet":{},"securityGroupIdSet":{},"filterSet":{"items":[{"name":"vpc-id","valueSet":{"items":[{"value":"vpc-0a1b2c3d4e5f60718"}]}}]}}"#.to_string()),
+            3 => ("ec2.amazonaws.com", "DescribeVolumes", format!(r#"{{"volumeSet":{{"items":[{{"volumeId":"vol-0{}"}}]}},"filterSet":{{}}}}"#, rng.chars(HEX, 16))),
+            4 => ("iam.amazonaws.com", "GetRole", format!(r#"{{"roleName":"{}"}}"#, rng.pick(ROLES).0)),
+            5 => ("iam.amazonaws.com", "ListAttachedRolePolicies", format!(r#"{{"roleName":"{}","maxItems":100}}"#, rng.pick(ROLES).0)),
+            6 => ("s3.amazonaws.com", "GetBucketAcl", format!(r#"{{"bucketName":"{bucket}","Host":"{bucket}.s3.amazonaws.com","acl":""}}"#)),
+            7 => ("ssm.amazonaws.com", "GetParameter", format!(r#"{{"name":"/app/prod/{}","withDecryption":true}}"#, rng.pick(&["db-url", "api-key", "feature-flags", "redis-host"]))),
+            8 => ("secretsmanager.amazonaws.com", "GetSecretValue", format!(r#"{{"secretId":"arn:aws:secretsmanager:{}:{ACCOUNT}:secret:prod/{}-{}"}}"#, self.region, rng.pick(&["orders/db", "payments/stripe", "ci/token"]), rng.chars(ALNUM, 6))),
+            9 => ("logs.amazonaws.com", "DescribeLogStreams", format!(r#"{{"logGroupName":"/aws/lambda/{}","orderBy":"LastEventTime","descending":true,"limit":50}}"#, rng.pick(&["ingest", "thumbnailer", "authorizer"]))),
+            10 => {
+                let queries: Vec<String> = (0..rng.range(1, 8))
+                    .map(|i| format!(r#"{{"id":"m{i}","metricStat":{{"metric":{{"namespace":"AWS/EC2","metricName":"CPUUtilization","dimensions":[{{"name":"InstanceId","value":"i-0{}"}}]}},"period":300,"stat":"Average"}},"returnData":true}}"#, rng.chars(HEX, 16)))
+                    .collect();
+                ("monitoring.amazonaws.com", "GetMetricData", format!(r#"{{"metricDataQueries":[{}],"startTime":"{}","endTime":"{}"}}"#, queries.join(","), ts(t - 3600), ts(t)))
+            }
+            11 => ("ecs.amazonaws.com", "DescribeServices", format!(r#"{{"cluster":"prod","services":["orders","payments","{}"]}}"#, rng.chars(b"abcdefghijklmnop", 8))),
+            12 => ("lambda.amazonaws.com", "ListFunctions20150331", r#"{"maxItems":50}"#.to_string()),
+            13 => ("dynamodb.amazonaws.com", "DescribeTable", format!(r#"{{"tableName":"{}"}}"#, rng.pick(&["orders", "sessions", "inventory", "audit"]))),
+            14 => ("sts.amazonaws.com", "GetCallerIdentity", "null".to_string()),
+            _ => ("elasticloadbalancing.amazonaws.com", "DescribeTargetHealth", format!(r#"{{"targetGroupArn":"arn:aws:elasticloadbalancing:{}:{ACCOUNT}:targetgroup/prod-web/{}"}}"#, self.region, rng.chars(HEX, 16))),
+        };
+        let error = self.maybe_error(0.04);
+        self.event(&Event {
+            identity: &a.identity,
+            time: t,
+            source,
+            name,
+            ip: &a.ip,
+            ua: &a.ua,
+            error,
+            request: &request,
+            response: "null",
+            additional: None,
+            read_only: true,
+            resources: None,
+            event_type: "AwsApiCall",
+            data: false,
+            shared: false,
+        });
+    }
+
+    /// An S3 data event.
+    fn s3_data(&mut self, a: &Actor, t: u64) {
+        let rng = &mut self.rng;
+        let bucket = *rng.pick(BUCKETS);
+        let name = *rng.pick(&["GetObject", "GetObject", "GetObject", "PutObject", "HeadObject", "ListObjects"]);
+        let key = format!(
+            "{}/{}/{}/part-{:05}-{}.{}",
+            rng.pick(&["events", "exports", "images", "reports", "tmp"]),
+            2024 + rng.below(2),
+            rng.range(1, 12),
+            rng.below(2000),
+            rng.chars(HEX, 8),
+            rng.pick(&["parquet", "json.gz", "jpg", "csv"])
+        );
+        let (request, response) = if name == "ListObjects" {
+            (
+                format!(
+                    r#"{{"bucketName":"{bucket}","Host":"{bucket}.s3.{}.amazonaws.com","prefix":"events/","list-type":"2"}}"#,
+                    self.region
+                ),
+                "null".to_string(),
+            )
+        } else if name == "PutObject" {
+            (
+                format!(
+                    r#"{{"bucketName":"{bucket}","Host":"{bucket}.s3.{}.amazonaws.com","key":"{key}"}}"#,
+                    self.region
+                ),
+                r#"{"x-amz-server-side-encryption":"aws:kms","x-amz-server-side-encryption-bucket-key-enabled":true}"#
+                    .to_string(),
+            )
+        } else {
+            (
+                format!(
+                    r#"{{"bucketName":"{bucket}","Host":"{bucket}.s3.{}.amazonaws.com","key":"{key}"}}"#,
+                    self.region
+                ),
+                "null".to_string(),
+            )
+        };
+        let out = if name == "PutObject" { 0 } else { rng.range(0, 50_000_000) };
+        let additional = format!(
+            r#"{{"SignatureVersion":"SigV4","CipherSuite":"TLS_AES_128_GCM_SHA256","bytesTransferredIn":{},"AuthenticationMethod":"AuthHeader","x-amz-id-2":"{}","bytesTransferredOut":{out}}}"#,
+            if name == "PutObject" { rng.range(100, 20_000_000) } else { 0 },
+            rng.chars(B64, 76)
+        );
+        let resources = format!(
+            r#"[{{"type":"AWS::S3::Object","ARN":"arn:aws:s3:::{bucket}/{key}"}},{{"accountId":"{ACCOUNT}","type":"AWS::S3::Bucket","ARN":"arn:aws:s3:::{bucket}"}}]"#
+        );
+        let error = self.maybe_error(0.02);
+        self.event(&Event {
+            identity: &a.identity,
+            time: t,
+            source: "s3.amazonaws.com",
+            name,
+            ip: &a.ip,
+            ua: &a.ua,
+            error,
+            request: &request,
+            response: &response,
+            additional: Some(&additional),
+            read_only: name != "PutObject",
+            resources: Some(&resources),
+            event_type: "AwsApiCall",
+            data: true,
+            shared: false,
+        });
+    }
+
+    fn kms(&mut self, a: &Actor, t: u64) {
+        let rng = &mut self.rng;
+        let key = rng.pick(&self.world.kms_keys).clone();
+        let name = *rng.pick(&["Decrypt", "Decrypt", "GenerateDataKey", "Encrypt"]);
+        let bucket = *rng.pick(BUCKETS);
+        let key_arn = format!("arn:aws:kms:{}:{ACCOUNT}:key/{key}", self.region);
+        let request = format!(
+            r#"{{"encryptionAlgorithm":"SYMMETRIC_DEFAULT","encryptionContext":{{"aws:s3:arn":"arn:aws:s3:::{bucket}/{}"}},"keyId":"{key_arn}"{}}}"#,
+            rng.chars(HEX, 24),
+            if name == "GenerateDataKey" { r#","keySpec":"AES_256""# } else { "" }
+        );
+        let resources = format!(r#"[{{"accountId":"{ACCOUNT}","type":"AWS::KMS::Key","ARN":"{key_arn}"}}]"#);
+        self.event(&Event {
+            identity: &a.identity,
+            time: t,
+            source: "kms.amazonaws.com",
+            name,
+            ip: &a.ip,
+            ua: &a.ua,
+            error: None,
+            request: &request,
+            response: "null",
+            additional: None,
+            read_only: true,
+            resources: Some(&resources),
+            event_type: "AwsApiCall",
+            data: false,
+            shared: false,
+        });
+    }
+
+    /// A write call, some with large parameters or responses.
+    fn write_call(&mut self, a: &Actor, t: u64) {
+        let rng = &mut self.rng;
+        let (source, name, request, response) = match rng.below(7) {
+            0 => {
+                let n = rng.range(1, 4);
+                let tags: Vec<String> =
+                    (0..n).map(|i| format!(r#"{{"key":"team{i}","value":"{}"}}"#, rng.chars(b"abcdefgh", 6))).collect();
+                (
+                    "ec2.amazonaws.com",
+                    "CreateTags",
+                    format!(
+                        r#"{{"resourcesSet":{{"items":[{{"resourceId":"i-0{}"}}]}},"tagSet":{{"items":[{}]}}}}"#,
+                        rng.chars(HEX, 16),
+                        tags.join(",")
+                    ),
+                    r#"{"_return":true}"#.to_string(),
+                )
+            }
+            1 => {
+                // An inline policy, URL-encoded as CloudTrail logs it: 0.5 to 3 KB.
+                let stmts: Vec<String> = (0..rng.range(1, 8))
+                    .map(|_| format!("%7B%22Effect%22%3A%22Allow%22%2C%22Action%22%3A%5B%22s3%3AGetObject%22%2C%22s3%3AListBucket%22%5D%2C%22Resource%22%3A%5B%22arn%3Aaws%3As3%3A%3A%3A{}%2F%2A%22%5D%7D", rng.pick(BUCKETS)))
+                    .collect();
+                (
+                    "iam.amazonaws.com",
+                    "PutRolePolicy",
+                    format!(
+                        r#"{{"roleName":"{}","policyName":"inline-{}","policyDocument":"%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B{}%5D%7D"}}"#,
+                        rng.pick(ROLES).0,
+                        rng.chars(HEX, 6),
+                        stmts.join("%2C")
+                    ),
+                    "null".to_string(),
+                )
+            }
+            2 => (
+                "logs.amazonaws.com",
+                "CreateLogStream",
+                format!(
+                    r#"{{"logGroupName":"/aws/lambda/ingest","logStreamName":"2025/03/03/[$LATEST]{}"}}"#,
+                    rng.chars(HEX, 32)
+                ),
+                "null".to_string(),
+            ),
+            3 => (
+                "ssm.amazonaws.com",
+                "UpdateInstanceInformation",
+                format!(
+                    r#"{{"instanceId":"i-0{}","agentVersion":"3.3.40.0","agentName":"amazon-ssm-agent","platformType":"Linux","platformName":"Amazon Linux","platformVersion":"2023","iPAddress":"10.0.{}.{}","computerName":"ip-10-0-1-{}.ec2.internal","agentStatus":"Active","availabilityZone":"{}a"}}"#,
+                    rng.chars(HEX, 16),
+                    rng.below(256),
+                    rng.below(256),
+                    rng.below(256),
+                    self.region
+                ),
+                "null".to_string(),
+            ),
+            4 => {
+                // RunInstances: a few KB of response.
+                let n = rng.range(1, 4);
+                let instances: Vec<String> = (0..n)
+                    .map(|_| format!(r#"{{"instanceId":"i-0{}","imageId":"ami-0{}","instanceState":{{"code":0,"name":"pending"}},"privateDnsName":"ip-10-0-1-{}.ec2.internal","amiLaunchIndex":0,"productCodes":{{}},"instanceType":"m6i.large","launchTime":{},"placement":{{"availabilityZone":"us-east-1a","tenancy":"default"}},"monitoring":{{"state":"disabled"}},"subnetId":"subnet-0{}","vpcId":"vpc-0a1b2c3d4e5f60718","privateIpAddress":"10.0.1.{}","stateReason":{{"code":"pending","message":"pending"}},"architecture":"x86_64","rootDeviceType":"ebs","rootDeviceName":"/dev/xvda","blockDeviceMapping":{{}},"virtualizationType":"hvm","hypervisor":"xen","groupSet":{{"items":[{{"groupId":"sg-0{}","groupName":"prod-web"}}]}},"networkInterfaceSet":{{"items":[{{"networkInterfaceId":"eni-0{}","subnetId":"subnet-0{}","vpcId":"vpc-0a1b2c3d4e5f60718","ownerId":"{ACCOUNT}","status":"in-use","macAddress":"0e:{}","privateIpAddress":"10.0.1.{}","sourceDestCheck":true,"interfaceType":"interface"}}]}},"ebsOptimized":false,"enaSupport":true,"metadataOptions":{{"state":"pending","httpTokens":"required","httpPutResponseHopLimit":2,"httpEndpoint":"enabled"}},"maintenanceOptions":{{"autoRecovery":"default"}}}}"#,
+                        rng.chars(HEX, 16), rng.chars(HEX, 16), rng.below(256), (t - 5) * 1000, rng.chars(HEX, 16), rng.below(256), rng.chars(HEX, 16), rng.chars(HEX, 16), rng.chars(HEX, 16), rng.chars(HEX, 10), rng.below(256)))
+                    .collect();
+                (
+                    "ec2.amazonaws.com",
+                    "RunInstances",
+                    format!(
+                        r#"{{"instancesSet":{{"items":[{{"imageId":"ami-0{}","minCount":{n},"maxCount":{n}}}]}},"instanceType":"m6i.large","blockDeviceMapping":{{}},"monitoring":{{"enabled":false}},"disableApiTermination":false,"disableApiStop":false,"clientToken":"{}","iamInstanceProfile":{{"name":"EC2-AppServer"}},"tagSpecificationSet":{{"items":[{{"resourceType":"instance","tags":[{{"key":"Name","value":"web"}}]}}]}}}}"#,
+                        rng.chars(HEX, 16),
+                        rng.uuid()
+                    ),
+                    format!(
+                        r#"{{"requestId":"{}","reservationId":"r-0{}","ownerId":"{ACCOUNT}","groupSet":{{}},"instancesSet":{{"items":[{}]}}}}"#,
+                        rng.uuid(),
+                        rng.chars(HEX, 16),
+                        instances.join(",")
+                    ),
+                )
+            }
+            5 => (
+                "lambda.amazonaws.com",
+                "UpdateFunctionConfiguration20150331v2",
+                format!(r#"{{"functionName":"ingest","environment":{{}},"memorySize":{}}}"#, 128 << rng.below(4)),
+                format!(
+                    r#"{{"functionName":"ingest","functionArn":"arn:aws:lambda:{}:{ACCOUNT}:function:ingest","runtime":"python3.12","role":"arn:aws:iam::{ACCOUNT}:role/ingest-lambda-role","handler":"app.handler","codeSize":{},"description":"","timeout":30,"memorySize":256,"lastModified":"{}","codeSha256":"{}","version":"$LATEST","environment":{{}},"tracingConfig":{{"mode":"PassThrough"}},"revisionId":"{}","state":"Active","lastUpdateStatus":"InProgress","packageType":"Zip","architectures":["arm64"],"ephemeralStorage":{{"size":512}},"snapStart":{{"applyOn":"None","optimizationStatus":"Off"}},"runtimeVersionConfig":{{"runtimeVersionArn":"arn:aws:lambda:{}::runtime:{}"}},"loggingConfig":{{"logFormat":"Text","logGroup":"/aws/lambda/ingest"}}}}"#,
+                    self.region,
+                    rng.range(1000, 50_000_000),
+                    ts(t),
+                    rng.chars(B64, 44),
+                    rng.uuid(),
+                    self.region,
+                    rng.chars(HEX, 64)
+                ),
+            ),
+            _ => (
+                "ecs.amazonaws.com",
+                "UpdateService",
+                format!(
+                    r#"{{"cluster":"prod","service":"orders","desiredCount":{},"forceNewDeployment":false}}"#,
+                    rng.range(2, 12)
+                ),
+                "null".to_string(),
+            ),
+        };
+        let error = self.maybe_error(0.05);
+        let response = if error.is_some() { "null".to_string() } else { response };
+        self.event(&Event {
+            identity: &a.identity,
+            time: t,
+            source,
+            name,
+            ip: &a.ip,
+            ua: &a.ua,
+            error,
+            request: &request,
+            response: &response,
+            additional: None,
+            read_only: false,
+            resources: None,
+            event_type: "AwsApiCall",
+            data: false,
+            shared: false,
+        });
+    }
+
+    fn console_login(&mut self, t: u64) {
+        let world = self.world;
+        let u = &world.users[self.rng.below(FIRST.len() as u64) as usize];
+        let identity = World::user_identity(u, None);
+        let failed = self.rng.chance(0.1);
+        let response = if failed { r#"{"ConsoleLogin":"Failure"}"# } else { r#"{"ConsoleLogin":"Success"}"# };
+        self.event(&Event {
+            identity: &identity,
+            time: t,
+            source: "signin.amazonaws.com",
+            name: "ConsoleLogin",
+            ip: &u.ip,
+            ua: USER_AGENTS[9],
+            error: failed.then_some(("Failed authentication", "Failed authentication")),
+            request: "null",
+            response,
+            additional: Some(
+                r#"{"LoginTo":"https://console.aws.amazon.com/console/home?state=hashArgs%23&isauthcode=true","MobileVersion":"No","MFAIdentifier":"arn:aws:iam::284619573026:mfa/device","MFAUsed":"Yes"}"#,
+            ),
+            read_only: false,
+            resources: None,
+            event_type: "AwsConsoleSignIn",
+            data: false,
+            shared: false,
+        });
+    }
+
+    fn service_event(&mut self, t: u64) {
+        let service = *self.rng.pick(&["s3.amazonaws.com", "cloudtrail.amazonaws.com", "ssm.amazonaws.com"]);
+        let identity = format!(r#"{{"accountId":"{ACCOUNT}","invokedBy":"{service}"}}"#);
+        let name = *self.rng.pick(&["PutBucketLifecycle", "CloudTrailDigestDelivered", "InstanceInventoryDelivered"]);
+        let additional = format!(r#"{{"configRuleName":"prod-rules","notificationId":"{}"}}"#, self.rng.uuid());
+        self.event(&Event {
+            identity: &identity,
+            time: t,
+            source: service,
+            name,
+            ip: service,
+            ua: service,
+            error: None,
+            request: "null",
+            response: "null",
+            additional: Some(&additional),
+            read_only: false,
+            resources: None,
+            event_type: "AwsServiceEvent",
+            data: false,
+            shared: true,
+        });
+    }
+
+    fn background(&mut self, t: u64) {
+        if self.rng.chance(0.55) {
+            // One of the hour's pollers (a monitoring integration, an agent, a cron job): the same
+            // actor making the same call with the same parameters, again and again.
+            let poller = Rng::new(mix(self.world.seed ^ 0x9011, ((t / 3600) << 8) | self.rng.below(12)));
+            let saved = std::mem::replace(&mut self.rng, poller);
+            let a = self.actor(t);
+            match self.rng.below(3) {
+                0 => self.read_call(&a, t),
+                1 => self.kms(&a, t),
+                _ => self.s3_data(&a, t),
+            }
+            self.rng = saved;
+            return;
+        }
+        match self.rng.below(100) {
+            0..14 => self.service_assume_role(t),
+            14..16 => self.console_login(t),
+            16..18 => self.service_event(t),
+            k => {
+                let a = self.actor(t);
+                match k {
+                    18..50 => self.read_call(&a, t),
+                    50..72 => self.s3_data(&a, t),
+                    72..86 => self.kms(&a, t),
+                    _ => self.write_call(&a, t),
+                }
+            }
+        }
+    }
+
+    /// The planted key `k` as an actor.
+    fn planted_actor(&self, k: usize) -> Actor {
+        let key = &self.plan.keys[k];
+        let attacker = (
+            "185.220.101.47".to_string(),
+            "aws-cli/2.13.0 Python/3.11.4 Linux/6.5.0-kali3-amd64 exe/x86_64.kali.2023 prompt/off".to_string(),
+        );
+        match k {
+            0 => {
+                let u = self.world.users.iter().find(|u| u.name == "billing-export").expect("user");
+                Actor { identity: World::user_identity(u, Some(key)), ip: attacker.0, ua: attacker.1 }
+            }
+            3 => {
+                let u = User {
+                    name: "backup-svc".into(),
+                    id: "AIDAQ3EGRZ5LHKTQW7V2M".into(),
+                    keys: vec![],
+                    ua: "",
+                    ip: String::new(),
+                };
+                Actor {
+                    identity: World::user_identity(&u, Some(key)),
+                    ip: "45.137.21.9".into(),
+                    ua: USER_AGENTS[2].into(),
+                }
+            }
+            _ => {
+                let (role, session) =
+                    if k == 1 { ("prod-admin", "billing-export") } else { ("data-export", "export-job") };
+                let role = self.world.roles.iter().find(|r| r.name == role).expect("role");
+                let identity = World::role_identity(role, session, key, self.plan.minted[k], None);
+                Actor { identity, ip: attacker.0, ua: attacker.1 }
+            }
+        }
+    }
+
+    fn planted(&mut self, p: &Planted) {
+        self.next_id = Some(p.event_id.clone());
+        let t = p.time;
+        match p.what {
+            Plant::Use => {
+                let a = self.planted_actor(p.key);
+                match self.rng.below(10) {
+                    0..5 => self.read_call(&a, t),
+                    5..8 => self.s3_data(&a, t),
+                    8 => self.kms(&a, t),
+                    _ => self.write_call(&a, t),
+                }
+            }
+            Plant::FailedAssume | Plant::Mint(_) => {
+                let a = self.planted_actor(p.key);
+                let (source, name, request, response, error) = match p.what {
+                    Plant::Mint(n @ 3) => (
+                        "iam.amazonaws.com",
+                        "CreateAccessKey",
+                        r#"{"userName":"backup-svc"}"#.to_string(),
+                        format!(
+                            r#"{{"accessKey":{{"accessKeyId":"{}","status":"Active","userName":"backup-svc","createDate":"{}"}}}}"#,
+                            self.plan.keys[n],
+                            ts(t)
+                        ),
+                        None,
+                    ),
+                    Plant::Mint(n) => {
+                        let (role, session) =
+                            if n == 1 { ("prod-admin", "billing-export") } else { ("data-export", "export-job") };
+                        let role_id = &self.world.roles.iter().find(|r| r.name == role).expect("role").id;
+                        (
+                            "sts.amazonaws.com",
+                            "AssumeRole",
+                            format!(
+                                r#"{{"roleArn":"arn:aws:iam::{ACCOUNT}:role/{role}","roleSessionName":"{session}","durationSeconds":{}}}"#,
+                                if n == 1 { 43200 } else { 3600 }
+                            ),
+                            format!(
+                                r#"{{"credentials":{{"accessKeyId":"{}","sessionToken":"IQoJb3JpZ2luX2VjE{}","expiration":"{}"}},"assumedRoleUser":{{"assumedRoleId":"{role_id}:{session}","arn":"arn:aws:sts::{ACCOUNT}:assumed-role/{role}/{session}"}}}}"#,
+                                self.plan.keys[n],
+                                self.rng.chars(B64, 600),
+                                ts(t + 3600)
+                            ),
+                            None,
+                        )
+                    }
+                    _ => (
+                        "sts.amazonaws.com",
+                        "AssumeRole",
+                        format!(
+                            r#"{{"roleArn":"arn:aws:iam::{ACCOUNT}:role/OrganizationAccountAccessRole","roleSessionName":"x"}}"#
+                        ),
+                        "null".to_string(),
+                        Some((
+                            "AccessDenied",
+                            "User is not authorized to perform: sts:AssumeRole on resource: OrganizationAccountAccessRole",
+                        )),
+                    ),
+                };
+                self.event(&Event {
+                    identity: &a.identity,
+                    time: t,
+                    source,
+                    name,
+                    ip: &a.ip,
+                    ua: &a.ua,
+                    error,
+                    request: &request,
+                    response: &response,
+                    additional: None,
+                    read_only: false,
+                    resources: None,
+                    event_type: "AwsApiCall",
+                    data: false,
+                    shared: false,
+                });
+            }
+            Plant::Decoy => {
+                let world = self.world;
+                let admin = &world.users[0];
+                let identity = World::user_identity(admin, Some(&admin.keys[0]));
+                let name = if self.rng.chance(0.5) { "GetAccessKeyLastUsed" } else { "UpdateAccessKey" };
+                let request = format!(
+                    r#"{{"accessKeyId":"{}"{}}}"#,
+                    self.plan.keys[0],
+                    if name == "UpdateAccessKey" { r#","status":"Inactive","userName":"billing-export""# } else { "" }
+                );
+                self.event(&Event {
+                    identity: &identity,
+                    time: t,
+                    source: "iam.amazonaws.com",
+                    name,
+                    ip: &admin.ip,
+                    ua: admin.ua,
+                    error: None,
+                    request: &request,
+                    response: "null",
+                    additional: None,
+                    read_only: name != "UpdateAccessKey",
+                    resources: None,
+                    event_type: "AwsApiCall",
+                    data: false,
+                    shared: false,
+                });
+            }
+        }
+    }
+}
+
+struct FileSpec {
+    path: PathBuf,
+    region: &'static str,
+    target: usize,
+}
+
+/// File sizes (uncompressed): most small, some large, 50 KB to 5 MB.
+fn file_specs(root: &Path, seed: u64, total: usize) -> Vec<FileSpec> {
+    let mut rng = Rng::new(seed ^ 0xf11e);
+    let mut specs = Vec::new();
+    let mut sum = 0;
+    while sum < total {
+        let i = specs.len();
+        let target = match rng.below(100) {
+            0..75 => rng.range(50_000, 250_000),
+            75..95 => rng.range(250_000, 1_000_000),
+            _ => rng.range(1_000_000, 5_000_000),
+        } as usize;
+        sum += target;
+        let mut pick = rng.below(100);
+        let region = REGIONS
+            .iter()
+            .find(|(_, w)| {
+                let hit = pick < *w;
+                pick = pick.saturating_sub(*w);
+                hit
+            })
+            .map_or("us-east-1", |r| r.0);
+        let stamp = ts(delivered(i));
+        let (date, time) = (&stamp[..10], &stamp[11..16]);
+        let name = format!(
+            "{ACCOUNT}_CloudTrail_{region}_{}T{}Z_{}.json.gz",
+            date.replace('-', ""),
+            time.replace(':', ""),
+            rng.chars(ALNUM, 16)
+        );
+        let dir = root.join(format!("AWSLogs/{ACCOUNT}/CloudTrail/{region}/{}", date.replace('-', "/")));
+        specs.push(FileSpec { path: dir.join(name), region, target });
+    }
+    specs
+}
+
+#[derive(Default, Clone, Copy)]
+struct TrailStats {
+    files: usize,
+    json_bytes: u64,
+    gz_bytes: u64,
+    records: u64,
+}
+
+struct Trail {
+    root: PathBuf,
+    plan: Plan,
+    files: Vec<PathBuf>,
+    /// Uncompressed size of each file.
+    sizes: Vec<u64>,
+    stats: TrailStats,
+}
+
+fn generate(root: &Path, seed: u64, mb: usize) -> Trail {
+    let world = World::new(seed);
+    let specs = file_specs(root, seed, mb * 1_000_000);
+    let plan = Plan::new(seed, specs.len());
+    let next = AtomicUsize::new(0);
+    let stats = Mutex::new((TrailStats::default(), vec![0u64; specs.len()]));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(spec) = specs.get(i) else { break };
+                    let mut g = FileGen {
+                        world: &world,
+                        plan: &plan,
+                        rng: Rng::new(mix(seed, i as u64)),
+                        ids: Rng::new(mix(seed ^ 0x1d5, i as u64)),
+                        region: spec.region,
+                        out: String::with_capacity(spec.target + 16_384),
+                        records: 0,
+                        next_id: None,
+                    };
+                    g.out.push_str(r#"{"Records":["#);
+                    let planted = plan.by_file.get(&i).cloned().unwrap_or_default();
+                    let mut planted = planted.iter().peekable();
+                    let d = delivered(i);
+                    while g.out.len() < spec.target {
+                        let frac = g.out.len() as f64 / spec.target as f64;
+                        if let Some(p) = planted.next_if(|p| p.at <= frac) {
+                            g.planted(p);
+                            continue;
+                        }
+                        let t = d - 900 + (frac * 840.0) as u64 + g.rng.below(30);
+                        g.background(t);
+                    }
+                    for p in planted {
+                        g.planted(p);
+                    }
+                    g.out.push_str("]}\n");
+                    std::fs::create_dir_all(spec.path.parent().expect("dir")).expect("mkdir");
+                    let file = std::fs::File::create(&spec.path).expect("create");
+                    let mut gz =
+                        flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::default());
+                    gz.write_all(g.out.as_bytes()).expect("write");
+                    gz.finish().expect("gzip").flush().expect("flush");
+                    let gz_len = std::fs::metadata(&spec.path).expect("stat").len();
+                    let mut st = stats.lock().expect("lock");
+                    st.0.files += 1;
+                    st.0.json_bytes += g.out.len() as u64;
+                    st.0.gz_bytes += gz_len;
+                    st.0.records += g.records;
+                    st.1[i] = g.out.len() as u64;
+                }
+            });
+        }
+    });
+    let (stats, sizes) = stats.into_inner().expect("lock");
+    Trail { root: root.to_path_buf(), plan, files: specs.into_iter().map(|s| s.path).collect(), sizes, stats }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring.
+
+/// What one scan (in a child process) reported.
+struct Run {
+    matches: Vec<(String, String)>,
+    derived: BTreeSet<(String, String, String)>,
+    bytes_scanned: u64,
+    files: u64,
+    rescanned: u64,
+    elapsed: f64,
+    peak_rss_kb: u64,
+}
+
+impl Run {
+    fn mbps(&self) -> f64 {
+        self.bytes_scanned as f64 / 1e6 / self.elapsed
+    }
+}
+
+fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The child: one scan, results on stdout.
+fn child() {
+    let root = std::env::var("REKEY_BENCH_ROOT").expect("root");
+    let key = std::env::var("REKEY_BENCH_KEY").expect("key");
+    let mut query = Query::new(vec![key]);
+    query.follow = std::env::var("REKEY_BENCH_FOLLOW").is_ok_and(|v| v == "1");
+    let source = LocalSource::new(root);
+    let mut out = String::new();
+    let summary = scan(&[&source], &query, &mut |m| {
+        let _ = writeln!(out, "match\t{}\t{}", m.event_id.unwrap_or_default(), m.chain.join(","));
+    })
+    .expect("scan");
+    for d in &summary.derived {
+        let _ = writeln!(out, "derived\t{}\t{}\t{}", d.key, d.parent, d.event_name);
+    }
+    assert!(summary.corrupt.is_empty(), "corrupt files: {:?}", summary.corrupt);
+    let _ = writeln!(
+        out,
+        "summary\t{}\t{}\t{}\t{}\t{}",
+        summary.bytes_scanned,
+        summary.files,
+        summary.rescanned,
+        summary.elapsed.as_secs_f64(),
+        status_kb("VmHWM:")
+    );
+    std::io::stdout().write_all(out.as_bytes()).expect("stdout");
+}
+
+fn run_child(trail: &Trail, follow: bool) -> Run {
+    let exe = std::env::current_exe().expect("current exe");
+    let out = Command::new(exe)
+        .env("REKEY_BENCH_CHILD", "1")
+        .env("REKEY_BENCH_ROOT", &trail.root)
+        .env("REKEY_BENCH_KEY", &trail.plan.keys[0])
+        .env("REKEY_BENCH_FOLLOW", if follow { "1" } else { "0" })
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the scan child");
+    assert!(out.status.success(), "scan child failed: {}", out.status);
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let mut run = Run {
+        matches: Vec::new(),
+        derived: BTreeSet::new(),
+        bytes_scanned: 0,
+        files: 0,
+        rescanned: 0,
+        elapsed: 0.0,
+        peak_rss_kb: 0,
+    };
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f[0] {
+            "match" => run.matches.push((f[1].to_string(), f[2].to_string())),
+            "derived" => {
+                run.derived.insert((f[1].to_string(), f[2].to_string(), f[3].to_string()));
+            }
+            "summary" => {
+                run.bytes_scanned = f[1].parse().expect("bytes");
+                run.files = f[2].parse().expect("files");
+                run.rescanned = f[3].parse().expect("rescanned");
+                run.elapsed = f[4].parse().expect("elapsed");
+                run.peak_rss_kb = f[5].parse().expect("rss");
+            }
+            _ => {}
+        }
+    }
+    run
+}
+
+/// Fail loudly unless the scan found exactly what was planted.
+fn check(trail: &Trail, run: &Run, follow: bool) {
+    let plan = &trail.plan;
+    let expected = plan.expected_matches(follow);
+    let got: BTreeSet<(String, String)> = run.matches.iter().cloned().collect();
+    let missing: Vec<_> = expected.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && got.len() == run.matches.len(),
+        "follow={follow}: matches differ from the planted records: {} missing {missing:?}, {} unexpected {extra:?}, {} duplicates",
+        missing.len(),
+        extra.len(),
+        run.matches.len() - got.len()
+    );
+    let want_derived: BTreeSet<(String, String, String)> = if follow {
+        (1..PLANTED)
+            .map(|k| {
+                let name = if k == 3 { "CreateAccessKey" } else { "AssumeRole" };
+                (plan.keys[k].clone(), plan.keys[PARENT[k].expect("parent")].clone(), name.to_string())
+            })
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    assert_eq!(run.derived, want_derived, "follow={follow}: derived keys differ from the planted ones");
+    assert_eq!(run.files as usize, trail.files.len(), "files scanned");
+    assert_eq!(run.bytes_scanned, trail.stats.json_bytes, "bytes scanned");
+}
+
+fn median_run(trail: &Trail, follow: bool, runs: usize) -> (Run, u64) {
+    let mut all: Vec<Run> = (0..runs)
+        .map(|_| {
+            let r = run_child(trail, follow);
+            check(trail, &r, follow);
+            r
+        })
+        .collect();
+    let peak = all.iter().map(|r| r.peak_rss_kb).max().unwrap_or(0);
+    all.sort_by(|a, b| a.elapsed.total_cmp(&b.elapsed));
+    let mid = all.len() / 2;
+    (all.swap_remove(mid), peak)
+}
+
+fn warm(trail: &Trail) {
+    let mut buf = Vec::new();
+    for f in &trail.files {
+        buf.clear();
+        std::fs::File::open(f).and_then(|mut h| h.read_to_end(&mut buf)).expect("read");
+    }
+}
+
+/// Decompression alone, on `threads` threads: the ceiling for any scan.
+fn decompress_only(trail: &Trail, threads: usize) -> f64 {
+    let next = AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(f) = trail.files.get(i) else { break };
+                    let data = std::fs::read(f).expect("read");
+                    out.clear();
+                    flate2::read::MultiGzDecoder::new(&data[..]).read_to_end(&mut out).expect("gunzip");
+                }
+            });
+        }
+    });
+    trail.stats.json_bytes as f64 / 1e6 / started.elapsed().as_secs_f64()
+}
+
+struct JqRun {
+    files: usize,
+    mb: f64,
+    mbps: f64,
+    matches: usize,
+}
+
+/// `zcat | jq` for the queried key, on every k-th file so it takes about 10 s at ~26 MB/s.
+fn zcat_jq(trail: &Trail) -> Result<JqRun, String> {
+    if Command::new("jq").arg("--version").output().is_err() {
+        return Err("jq not found".into());
+    }
+    let total = trail.stats.json_bytes as f64;
+    let step = ((total / 250e6).ceil() as usize).max(1);
+    let chosen: Vec<usize> = (0..trail.files.len()).step_by(step).collect();
+    let mb = chosen.iter().map(|&i| trail.sizes[i]).sum::<u64>() as f64 / 1e6;
+    let key = &trail.plan.keys[0];
+    let filter = format!(r#"select(.Records) | .Records[] | select(.userIdentity.accessKeyId=="{key}")"#);
+    let started = Instant::now();
+    let mut zcat = Command::new("zcat")
+        .args(chosen.iter().map(|&i| &trail.files[i]))
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("zcat: {e}"))?;
+    let jq = Command::new("jq")
+        .arg("-c")
+        .arg(&filter)
+        .stdin(zcat.stdout.take().expect("pipe"))
+        .output()
+        .map_err(|e| format!("jq: {e}"))?;
+    zcat.wait().map_err(|e| format!("zcat: {e}"))?;
+    let secs = started.elapsed().as_secs_f64();
+    if !jq.status.success() {
+        return Err(format!("jq failed: {}", String::from_utf8_lossy(&jq.stderr)));
+    }
+    let matches = jq.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+    let set: BTreeSet<usize> = chosen.iter().copied().collect();
+    let want = trail.plan.expected.iter().filter(|(k, _, f)| *k == 0 && set.contains(f)).count();
+    if matches != want {
+        return Err(format!("zcat | jq found {matches} records, {want} were planted in those files"));
+    }
+    Ok(JqRun { files: chosen.len(), mb, mbps: mb / secs, matches })
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    if std::env::var_os("REKEY_BENCH_CHILD").is_some() {
+        child();
+        return;
+    }
+    let mb = env_num("REKEY_BENCH_MB", 1000);
+    let runs = env_num("REKEY_BENCH_RUNS", 3).max(1);
+    let seed = env_num("REKEY_BENCH_SEED", 42) as u64;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let (_tmp, base) = match std::env::var_os("REKEY_BENCH_DIR") {
+        Some(d) => (None, PathBuf::from(d)),
+        None => {
+            let t = tempfile::Builder::new().prefix("rekey-bench-").tempdir().expect("temp dir");
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    eprintln!("rekey-trail scan benchmark: {cores} cores, load {} (1/5/15 min)", loadavg());
+
+    let mut trails = Vec::new();
+    for size in [mb / 4, mb] {
+        let started = Instant::now();
+        let root = base.join(format!("trail-{size}mb"));
+        let _ = std::fs::remove_dir_all(&root);
+        let trail = generate(&root, seed, size);
+        let s = trail.stats;
+        eprintln!(
+            "generated {root:?}: {} files, {:.0} MB JSON, {:.0} MB gzip ({:.1}x), {} records ({:.2} KB/record), {} planted records, {:.1} s",
+            s.files,
+            s.json_bytes as f64 / 1e6,
+            s.gz_bytes as f64 / 1e6,
+            s.json_bytes as f64 / s.gz_bytes as f64,
+            s.records,
+            s.json_bytes as f64 / s.records as f64 / 1e3,
+            trail.plan.expected.len(),
+            started.elapsed().as_secs_f64()
+        );
+        trails.push(trail);
+    }
+
+    let load_before = loadavg();
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    for trail in &trails {
+        warm(trail);
+        let s = trail.stats;
+        for follow in [false, true] {
+            let (run, peak) = median_run(trail, follow, runs);
+            let keys = if follow { PLANTED } else { 1 };
+            eprintln!(
+                "  {:.0} MB, follow={follow}: {:.0} MB/s, {:.2} s, {} matches, {} rescanned, peak RSS {:.1} MB",
+                s.json_bytes as f64 / 1e6,
+                run.mbps(),
+                run.elapsed,
+                run.matches.len(),
+                run.rescanned,
+                peak as f64 / 1024.0
+            );
+            rows.push(format!(
+                "| {:.0} MB, {} files | `rekey-trail` {} | {:.0} | {:.0} | {:.1} | {} ({} keys), all as planted |",
+                s.json_bytes as f64 / 1e6,
+                s.files,
+                if follow { "`--follow`" } else { "single key" },
+                run.mbps(),
+                run.files as f64 / run.elapsed,
+                peak as f64 / 1024.0,
+                run.matches.len(),
+                keys
+            ));
+            results.push((s.json_bytes, follow, run.mbps(), peak));
+        }
+    }
+    let large = trails.last().expect("trail");
+    let decompress = [decompress_only(large, 1), decompress_only(large, cores.max(1))];
+    let jq = if std::env::var("REKEY_BENCH_JQ").is_ok_and(|v| v == "0") {
+        Err("skipped (REKEY_BENCH_JQ=0)".to_string())
+    } else {
+        zcat_jq(large)
+    };
+    let load_after = loadavg();
+
+    let mut table = String::new();
+    let _ = writeln!(table, "| input (uncompressed JSON) | method | MB/s | files/s | peak RSS MB | matches |");
+    let _ = writeln!(table, "|---|---|---|---|---|---|");
+    for r in &rows {
+        let _ = writeln!(table, "{r}");
+    }
+    match &jq {
+        Ok(j) => {
+            let _ = writeln!(
+                table,
+                "| {:.0} MB, {} files (every {}th of the {:.0} MB trail) | `zcat \\| jq` single key | {:.0} | {:.0} | - | {} |",
+                j.mb,
+                j.files,
+                (large.files.len() as f64 / j.files as f64).round(),
+                large.stats.json_bytes as f64 / 1e6,
+                j.mbps,
+                j.files as f64 / (j.mb / j.mbps),
+                j.matches
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(table, "| - | `zcat \\| jq` | {e} | | | |");
+        }
+    }
+    let _ = writeln!(
+        table,
+        "| {:.0} MB | decompression only (zlib-rs), 1 thread / {cores} threads | {:.0} / {:.0} | | | |",
+        large.stats.json_bytes as f64 / 1e6,
+        decompress[0],
+        decompress[1]
+    );
+    let mbps = |size: u64, follow: bool| results.iter().find(|r| r.0 == size && r.1 == follow).map_or(0.0, |r| r.2);
+    let rss = |size: u64| results.iter().filter(|r| r.0 == size).map(|r| r.3).max().unwrap_or(0) as f64 / 1024.0;
+    let (small_b, large_b) = (trails[0].stats.json_bytes, large.stats.json_bytes);
+    println!();
+    println!("{table}");
+    println!(
+        "Median of {runs} runs; {cores} cores; load average before {load_before}, after {load_after}; seed {seed}; trail {:.1}x gzip, {:.2} KB/record.",
+        large.stats.json_bytes as f64 / large.stats.gz_bytes as f64,
+        large.stats.json_bytes as f64 / large.stats.records as f64 / 1e3
+    );
+    println!(
+        "BENCH_SUMMARY cores={cores} load_before=\"{load_before}\" load_after=\"{load_after}\" mb_small={:.0} mb_large={:.0} single_mbps_small={:.0} follow_mbps_small={:.0} single_mbps={:.0} follow_mbps={:.0} jq_mbps={} decompress_mbps_1t={:.0} decompress_mbps={:.0} peak_rss_mb_small={:.1} peak_rss_mb_large={:.1} matches_checked=ok",
+        small_b as f64 / 1e6,
+        large_b as f64 / 1e6,
+        mbps(small_b, false),
+        mbps(small_b, true),
+        mbps(large_b, false),
+        mbps(large_b, true),
+        jq.as_ref().map_or("na".to_string(), |j| format!("{:.0}", j.mbps)),
+        decompress[0],
+        decompress[1],
+        rss(small_b),
+        rss(large_b)
+    );
+}
