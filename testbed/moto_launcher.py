@@ -1,12 +1,18 @@
-"""Start moto's server with the three fixes rekey's tests depend on.
+"""Start moto's server with the fixes rekey's tests depend on.
 
 Written against moto 5.2.5 (scripts/install-moto.sh pins it). Each patch closes a gap
 between moto's auth enforcement and real AWS that would otherwise make a zero-downtime
-test pass for the wrong reason or fail to see the error code at all.
+test pass for the wrong reason or fail to see the error code at all: inactive keys,
+auth error shapes, Lambda GET signatures, and IAM condition evaluation (patch 5, which
+also lets a test choose its caller's aws:SourceIp with an X-Forwarded-For header).
 
 Usage: python moto_launcher.py [moto_server args...]
 """
 
+import contextvars
+import datetime
+import ipaddress
+import re
 import sys
 
 import moto
@@ -115,6 +121,239 @@ def _create_aws_request(self):
 
 
 _ac.IAMRequestBase._create_aws_request = _create_aws_request
+
+
+# 5. moto evaluates policy conditions only for trust policies, and only StringEquals: every other
+#    operator is ignored (the condition "holds"), and a statement whose condition fails is
+#    DENIED, Allow or Deny alike. The incident fence (Deny unless NotIpAddress aws:SourceIp ours,
+#    StringNotEqualsIfExists aws:SourceVpc/aws:SourceVpce ours, Bool aws:ViaAWSService false)
+#    and the session revocation (Deny if DateLessThan aws:TokenIssueTime T) then deny
+#    everything, the application included, so no test could show that the attacker is locked
+#    out while the app keeps working. This patch evaluates conditions the way IAM does for
+#    String(Not)Equals, String(Not)Like, (Not)IpAddress, Date{Less,Greater}Than[Equals], Bool
+#    and Null, each ...IfExists too (not Null), against a request context built per request:
+#    - aws:SourceIp: the client address, or the FIRST address of an X-Forwarded-For header.
+#      Tests send that header to call from any IP (the attacker's 198.51.100.50) over loopback;
+#      real AWS ignores it, so it must never stand in for anything but a test's caller IP;
+#    - aws:TokenIssueTime: for an AssumeRole session, moto's creation time of its ASIA key;
+#      absent for long-term AKIA keys (as in AWS);
+#    - aws:ViaAWSService "false"; aws:SourceVpc/aws:SourceVpce absent (no VPC endpoints);
+#    - aws:username (users only), aws:userid, aws:PrincipalArn (the role ARN for a session),
+#      aws:PrincipalAccount, aws:PrincipalType, aws:RequestedRegion, aws:CurrentTime,
+#      aws:EpochTime; sts:ExternalId for AssumeRole, as moto already passes it (an AssumeRole
+#      without one now fails a trust policy's StringEquals on it, as in AWS; moto let it in).
+#    A missing key makes a condition false, except ...IfExists (true) and Null, and a negated
+#    operator (StringNotEquals, StringNotLike, NotIpAddress) on a missing key is true (IAM User
+#    Guide, "Condition operators"). Policy values are ORed; keys and operators are ANDed.
+#    Unknown operators (Numeric*, Arn*, ForAnyValue:..., ...) stay ignored, as in moto.
+#    A statement whose condition does not hold is NEUTRAL: it neither allows nor denies.
+#    GetCallerIdentity stays always allowed (moto and AWS agree). Bucket policies evaluated
+#    outside an authorised request keep moto's own condition check.
+_REQUEST_CONTEXT: contextvars.ContextVar = contextvars.ContextVar(
+    "rekey_request_context", default=None
+)
+_UTC = datetime.timezone.utc
+
+
+def _source_ip(headers):
+    forwarded = headers.get("X-Forwarded-For") if headers is not None else None
+    if forwarded and forwarded.split(",")[0].strip():
+        return forwarded.split(",")[0].strip()
+    # moto hands the request's werkzeug EnvironHeaders over as `headers`.
+    return (getattr(headers, "environ", None) or {}).get("REMOTE_ADDR")
+
+
+def _iso(moment):
+    if moment.tzinfo is None:  # moto keeps naive UTC datetimes
+        moment = moment.replace(tzinfo=_UTC)
+    return moment.astimezone(_UTC).isoformat().replace("+00:00", "Z")
+
+
+def _principal_context(request):
+    key = request._access_key
+    partition = getattr(key, "partition", "aws")
+    ctx = {"aws:principalaccount": request.account_id}
+    if isinstance(key, _ac.AssumedRoleAccessKey):
+        from moto.sts.models import sts_backends
+
+        session = sts_backends[request.account_id][partition].get_assumed_role_from_access_key(
+            key._access_key_id
+        )
+        ctx["aws:principaltype"] = "AssumedRole"
+        if session is not None:
+            ctx["aws:principalarn"] = session.role_arn
+            ctx["aws:userid"] = session.user_id
+            created = getattr(session.access_key, "create_date", None)
+            if created is not None:
+                ctx["aws:tokenissuetime"] = _iso(created)
+    else:
+        user = request.backend.get_user(key._owner_user_name)
+        ctx.update(
+            {
+                "aws:principaltype": "User",
+                "aws:principalarn": user.arn,
+                "aws:username": user.name,
+                "aws:userid": user.id,
+            }
+        )
+    return ctx
+
+
+def _request_context(request):
+    now = datetime.datetime.now(_UTC).replace(microsecond=0)
+    ctx = {
+        "aws:viaawsservice": "false",
+        "aws:requestedregion": request._region,
+        "aws:currenttime": _iso(now),
+        "aws:epochtime": str(int(now.timestamp())),
+    }
+    source_ip = _source_ip(request._headers)
+    if source_ip:
+        ctx["aws:sourceip"] = source_ip
+    try:
+        ctx.update(_principal_context(request))
+    except Exception:  # an identity moto cannot resolve simply has no principal keys
+        pass
+    return ctx
+
+
+_orig_check_action_permitted = _ac.IAMRequestBase.check_action_permitted
+
+
+def _check_action_permitted(self, resource):
+    # The trust-policy check runs inside this call too, so it sees the same context.
+    token = _REQUEST_CONTEXT.set(_request_context(self))
+    try:
+        return _orig_check_action_permitted(self, resource)
+    finally:
+        _REQUEST_CONTEXT.reset(token)
+
+
+def _policy_values(value):
+    values = value if isinstance(value, list) else [value]
+    return ["true" if v is True else "false" if v is False else str(v) for v in values]
+
+
+def _glob(actual, pattern):
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, actual, re.DOTALL) is not None
+
+
+def _in_network(actual, cidr):
+    try:
+        return ipaddress.ip_address(actual) in ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
+
+
+def _parse_date(text):
+    text = text.strip()
+    if re.fullmatch(r"-?\d+", text):  # IAM also accepts epoch seconds
+        return datetime.datetime.fromtimestamp(int(text), _UTC)
+    moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=_UTC)
+
+
+def _date_matcher(compare):
+    def match(actual, expected):
+        try:
+            return compare(_parse_date(actual), _parse_date(expected))
+        except ValueError:
+            return False
+
+    return match
+
+
+_MATCHERS = {
+    "StringEquals": lambda actual, expected: actual == expected,
+    "StringLike": _glob,
+    "IpAddress": _in_network,
+    "DateLessThan": _date_matcher(lambda a, e: a < e),
+    "DateLessThanEquals": _date_matcher(lambda a, e: a <= e),
+    "DateGreaterThan": _date_matcher(lambda a, e: a > e),
+    "DateGreaterThanEquals": _date_matcher(lambda a, e: a >= e),
+    "Bool": lambda actual, expected: actual.lower() == expected.lower(),
+}
+_NEGATED = {
+    "StringNotEquals": "StringEquals",
+    "StringNotLike": "StringLike",
+    "NotIpAddress": "IpAddress",
+}
+
+
+def _operator_holds(operator, keys, ctx):
+    """True or False; None for an operator this patch does not know (moto ignores those)."""
+    if_exists = operator.endswith("IfExists")
+    base = operator[: -len("IfExists")] if if_exists else operator
+    if base == "Null":
+        if if_exists:
+            return None
+        return all(
+            ("true" in [v.lower() for v in _policy_values(expected)]) == (key.lower() not in ctx)
+            for key, expected in keys.items()
+        )
+    matcher = _MATCHERS.get(_NEGATED.get(base, base))
+    if matcher is None:
+        return None
+    negated = base in _NEGATED
+    for key, expected in keys.items():
+        actual = ctx.get(key.lower())
+        if actual is None:
+            if if_exists or negated:
+                continue
+            return False
+        if any(matcher(actual, v) for v in _policy_values(expected)) == negated:
+            return False
+    return True
+
+
+_orig_check_conditions = _ac.IAMPolicyStatement._check_conditions
+
+
+def _check_conditions(self, incoming_condition_values):
+    ctx = _REQUEST_CONTEXT.get()
+    if ctx is None:
+        return _orig_check_conditions(self, incoming_condition_values)
+    conditions = self._statement.get("Condition")
+    if not isinstance(conditions, dict):
+        return True
+    ctx = dict(ctx)
+    ctx.update({k.lower(): v for k, v in (incoming_condition_values or {}).items()})
+    for operator, keys in conditions.items():
+        if isinstance(keys, dict) and _operator_holds(operator, keys, ctx) is False:
+            return False
+    return True
+
+
+def _statement_is_action_permitted(
+    self, action, resource="*", principal=None, incoming_condition_values=None
+):
+    # moto's IAMPolicyStatement.is_action_permitted, except that a failed condition is NEUTRAL.
+    if "NotAction" in self._statement:
+        concerned = not self._check_element_matches("NotAction", action)
+    else:
+        concerned = self._check_element_matches("Action", action)
+    if not concerned:
+        return _ac.PermissionResult.NEUTRAL
+    if self.is_unknown_principal(self._statement.get("Principal")):
+        return _ac.PermissionResult.NEUTRAL
+    if principal and not self._check_principal(principal):
+        return _ac.PermissionResult.DENIED
+    if not self._check_conditions(incoming_condition_values):
+        return _ac.PermissionResult.NEUTRAL
+    # Trust policies have no Resource: the statement decides on its own.
+    if not self._statement.get("Resource"):
+        return _ac.PermissionResult.PERMITTED
+    if not self._check_element_matches("Resource", resource):
+        return _ac.PermissionResult.NEUTRAL
+    if self._statement["Effect"] == "Allow":
+        return _ac.PermissionResult.PERMITTED
+    return _ac.PermissionResult.DENIED
+
+
+_ac.IAMRequestBase.check_action_permitted = _check_action_permitted
+_ac.IAMPolicyStatement._check_conditions = _check_conditions
+_ac.IAMPolicyStatement.is_action_permitted = _statement_is_action_permitted
 
 
 if __name__ == "__main__":
