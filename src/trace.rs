@@ -1,0 +1,509 @@
+//! `rekey trace`: every CloudTrail record signed by a leaked key, and with `--follow`, by every key
+//! it minted, streamed to stdout as the scan finds them; a summary of what was read on stderr.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use rekey_trail::{DerivedKey, Match, Query, Source, Summary};
+
+use crate::cli::exit;
+use crate::logs::LogsSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line and match (the default).
+    Ndjson,
+    /// One JSON document: matches, derived keys and the summary.
+    Json,
+    /// Aligned columns for a person.
+    Table,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub keys: Vec<String>,
+    pub logs: Vec<LogsSpec>,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    pub follow: bool,
+    pub format: Format,
+    /// Run the search as Athena queries over the trail bucket instead of reading the files.
+    pub athena: Option<AthenaOptions>,
+}
+
+/// `--athena…` options; the trail's bucket and prefix come from the one `--logs s3://…`.
+#[derive(Debug, Clone)]
+pub struct AthenaOptions {
+    pub database: String,
+    pub table: String,
+    pub output: String,
+    pub workgroup: Option<String>,
+    pub timeout: Duration,
+    /// Accounts whose logs the bucket holds; empty: the caller's account.
+    pub accounts: Vec<String>,
+    /// Regions to project; empty: the configured region.
+    pub regions: Vec<String>,
+    pub org_id: Option<String>,
+    pub create_table: bool,
+}
+
+/// An access key id as given on the command line: upper-cased, checked for shape.
+pub fn parse_key(s: &str) -> Result<String, String> {
+    let key = s.trim().to_ascii_uppercase();
+    if (16..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(key)
+    } else {
+        Err("not an access key id; give one like AKIAIOSFODNN7EXAMPLE (letters and digits only)".into())
+    }
+}
+
+/// `--since`/`--until`: a duration back from now (`30d`, `12h`), an RFC 3339 time
+/// (`2026-11-28T12:00:00Z`, `…+02:00`) or a day (`2026-11-28`, midnight UTC).
+pub fn parse_when(s: &str) -> Result<SystemTime, String> {
+    const HINT: &str = "write a duration back from now (30d, 12h) or an RFC 3339 time (2026-11-28T12:00:00Z)";
+    let s = s.trim();
+    if s.bytes().next().is_some_and(|b| b.is_ascii_digit()) && !s.contains('-') {
+        let d = humantime::parse_duration(s).map_err(|e| format!("{e}; {HINT}"))?;
+        return SystemTime::now().checked_sub(d).ok_or_else(|| format!("{s} is too far back; {HINT}"));
+    }
+    parse_time(s).ok_or_else(|| HINT.to_string())
+}
+
+fn parse_time(s: &str) -> Option<SystemTime> {
+    if s.len() == 10 {
+        return humantime::parse_rfc3339(&format!("{s}T00:00:00Z")).ok();
+    }
+    // humantime knows only UTC: apply a numeric offset by hand.
+    let split = s.len().checked_sub(6).filter(|&i| s.is_char_boundary(i)).map(|i| s.split_at(i));
+    let (base, offset) = match split {
+        Some((base, off))
+            if (off.starts_with('+') || off.starts_with('-'))
+                && off.as_bytes()[3] == b':'
+                && base.contains(['T', 't', ' ']) =>
+        {
+            let hours: u64 = off.get(1..3)?.parse().ok()?;
+            let minutes: u64 = off.get(4..6)?.parse().ok()?;
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            (base, Some((off.starts_with('-'), Duration::from_secs(hours * 3600 + minutes * 60))))
+        }
+        _ => (s, None),
+    };
+    let t = humantime::parse_rfc3339_weak(base.trim_end_matches(['Z', 'z'])).ok()?;
+    match offset {
+        None => Some(t),
+        // 12:00+02:00 is 10:00Z.
+        Some((false, d)) => t.checked_sub(d),
+        Some((true, d)) => t.checked_add(d),
+    }
+}
+
+/// Run the command; returns the exit code. `sdk` is needed when a source is on S3.
+pub async fn run(settings: Settings, sdk: Option<aws_types::SdkConfig>) -> i32 {
+    if let (Some(s), Some(u)) = (settings.since, settings.until)
+        && s > u
+    {
+        eprintln!("rekey: --since is after --until; swap them");
+        return exit::REFUSED;
+    }
+    if let Some(athena) = &settings.athena {
+        return run_athena(&settings, athena, sdk).await;
+    }
+    let handle = tokio::runtime::Handle::current();
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    for spec in &settings.logs {
+        match spec.source(sdk.as_ref(), &handle) {
+            Ok(s) => sources.push(s),
+            Err(e) => {
+                eprintln!("rekey: {e}");
+                return exit::REFUSED;
+            }
+        }
+    }
+    let mut query = Query::new(settings.keys.clone());
+    query.follow = settings.follow;
+    query.since = settings.since;
+    query.until = settings.until;
+    let format = settings.format;
+    // The engine blocks, and S3 sources call `Handle::block_on`, which must not run on a runtime
+    // worker: run it on the blocking pool.
+    let scanned = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&dyn Source> = sources.iter().map(|s| s.as_ref()).collect();
+        let mut out = Writer::new(format);
+        let result = rekey_trail::scan(&refs, &query, &mut |m| out.write_match(&m));
+        match result {
+            Ok(summary) => {
+                out.finish(&summary);
+                Ok((summary, out.failed))
+            }
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    let (summary, write_failed) = match scanned {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            eprintln!("rekey: {}", one_line(&e.to_string()));
+            return exit::REFUSED;
+        }
+        Err(e) => {
+            eprintln!("rekey: the scan stopped unexpectedly: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    print_summary(&summary);
+    if let Some(e) = write_failed {
+        eprintln!("rekey: cannot write the matches to stdout: {e}");
+        return exit::INTERNAL;
+    }
+    if summary.files > 0 && summary.corrupt.len() as u64 == summary.files {
+        // Zero matches from zero readable files must not read as "the key was not used".
+        let (name, problem) = &summary.corrupt[0];
+        eprintln!(
+            "rekey: none of the {} log files could be read (first: {name}: {problem}); fix access and run again",
+            summary.files
+        );
+        return exit::REFUSED;
+    }
+    exit::OK
+}
+
+/// The same search as Athena queries, one per hop of the key chain.
+async fn run_athena(settings: &Settings, opts: &AthenaOptions, sdk: Option<aws_types::SdkConfig>) -> i32 {
+    let (bucket, prefix) = match settings.logs.as_slice() {
+        [LogsSpec::S3 { bucket, prefix }] => (bucket.clone(), prefix.clone()),
+        _ => {
+            eprintln!("rekey: --athena reads one trail bucket: give exactly one --logs s3://bucket[/prefix]");
+            return exit::REFUSED;
+        }
+    };
+    let Some(sdk) = sdk else {
+        eprintln!("rekey: --athena needs AWS credentials and a region");
+        return exit::REFUSED;
+    };
+    // The table's location is the part of the prefix before AWSLogs/.
+    let prefix = prefix.split("AWSLogs").next().unwrap_or("").trim_end_matches('/').to_string();
+    let mut accounts = opts.accounts.clone();
+    if accounts.is_empty() {
+        match aws_sdk_sts::Client::new(&sdk).get_caller_identity().send().await {
+            Ok(me) => accounts.push(me.account().unwrap_or_default().to_string()),
+            Err(e) => {
+                eprintln!(
+                    "rekey: cannot tell the account to search ({}); pass --athena-account",
+                    aws_sdk_sts::error::DisplayErrorContext(&e)
+                );
+                return exit::REFUSED;
+            }
+        }
+    }
+    let mut regions = opts.regions.clone();
+    if regions.is_empty() {
+        regions.extend(sdk.region().map(|r| r.to_string()));
+    }
+    let athena_settings = crate::athena::AthenaSettings {
+        table: rekey_trail::athena::TableSpec {
+            database: opts.database.clone(),
+            table: opts.table.clone(),
+            bucket,
+            prefix,
+            accounts,
+            org_id: opts.org_id.clone(),
+            regions,
+            // The table outlives this search: project from a fixed early day.
+            start_date: humantime::parse_rfc3339("2020-01-01T00:00:00Z").expect("a valid date"),
+        },
+        output: opts.output.clone(),
+        workgroup: opts.workgroup.clone(),
+        timeout: opts.timeout,
+        create_table: opts.create_table,
+    };
+    let mut query = Query::new(settings.keys.clone());
+    query.follow = settings.follow;
+    query.since = settings.since;
+    query.until = settings.until;
+    let client = aws_sdk_athena::Client::new(&sdk);
+    let mut out = Writer::new(settings.format);
+    let result = crate::athena::search(&client, &athena_settings, &query, &mut |m| out.write_match(&m)).await;
+    match result {
+        Ok(summary) => {
+            let local = summary.to_summary();
+            out.finish(&local);
+            for q in &summary.queries {
+                eprintln!(
+                    "rekey: athena query {} ({}): {} scanned, {} rows, {:.1} s",
+                    q.execution_id,
+                    q.hop.map(|h| format!("hop {h}: {}", q.keys.join(", "))).unwrap_or_else(|| "table".into()),
+                    human_bytes(q.bytes_scanned),
+                    q.rows,
+                    q.elapsed.as_secs_f64()
+                );
+            }
+            eprintln!(
+                "rekey: athena scanned {} in {} queries, about ${:.4} at $5/TB; {} matches, {} derived keys",
+                human_bytes(summary.bytes_scanned()),
+                summary.queries.len(),
+                summary.estimated_cost_usd(),
+                summary.matches,
+                summary.derived.len()
+            );
+            if let Some(e) = out.failed {
+                eprintln!("rekey: cannot write the matches to stdout: {e}");
+                return exit::INTERNAL;
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("rekey: {}", one_line(&e.to_string()));
+            exit::REFUSED
+        }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.2} GB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MB", b as f64 / (1u64 << 20) as f64)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Streams matches to stdout in the chosen format.
+struct Writer {
+    format: Format,
+    out: std::io::Stdout,
+    /// Whether a match has been written (JSON needs commas between them; a table its header).
+    started: bool,
+    failed: Option<std::io::Error>,
+}
+
+const COLUMNS: [(&str, usize); 7] = [
+    ("EVENT TIME", 20),
+    ("SIGNING KEY", 20),
+    ("EVENT NAME", 28),
+    ("EVENT SOURCE", 30),
+    ("REGION", 14),
+    ("SOURCE IP", 16),
+    ("ERROR CODE", 0),
+];
+
+impl Writer {
+    fn new(format: Format) -> Self {
+        Writer { format, out: std::io::stdout(), started: false, failed: None }
+    }
+
+    fn write_match(&mut self, m: &Match) {
+        let mut text = String::new();
+        match self.format {
+            Format::Ndjson => {
+                // A record pretty-printed in its file spans lines; its line breaks can only be
+                // whitespace between tokens, so a space keeps it the same JSON on one line.
+                text.push_str(&match_json(m, &m.raw.replace(['\n', '\r'], " ")));
+            }
+            Format::Json => {
+                text.push_str(if self.started { ",\n" } else { "{\"matches\":[\n" });
+                text.push_str(&match_json(m, &m.raw));
+            }
+            Format::Table => {
+                if !self.started {
+                    text.push_str(&table_row(COLUMNS.map(|(name, _)| name)));
+                    text.push('\n');
+                }
+                let field = |f: &Option<String>| f.clone().unwrap_or_else(|| "-".into());
+                let signer = m.chain.last().cloned().unwrap_or_default();
+                text.push_str(&table_row([
+                    &field(&m.event_time),
+                    &signer,
+                    &field(&m.event_name),
+                    &field(&m.event_source),
+                    &field(&m.aws_region),
+                    &field(&m.source_ip),
+                    &field(&m.error_code),
+                ]));
+            }
+        }
+        if self.format != Format::Json || self.started {
+            text.push('\n');
+        }
+        self.started = true;
+        self.write(&text);
+    }
+
+    fn finish(&mut self, summary: &Summary) {
+        if self.format != Format::Json {
+            return;
+        }
+        let mut text = String::from(if self.started { "\n]" } else { "{\"matches\":[]" });
+        let derived: Vec<_> = summary.derived.iter().map(derived_json).collect();
+        text.push_str(&format!(
+            ",\"derived_keys\":{},\"summary\":{}}}\n",
+            serde_json::Value::Array(derived),
+            summary_json(summary)
+        ));
+        self.write(&text);
+    }
+
+    fn write(&mut self, text: &str) {
+        if self.failed.is_some() {
+            return;
+        }
+        let mut out = self.out.lock();
+        if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                // The reader has gone (`| head`): it wants no more, and the engine cannot be
+                // stopped, so finishing would read the rest of the trail for nobody.
+                std::process::exit(exit::OK);
+            }
+            self.failed = Some(e);
+        }
+    }
+}
+
+/// `{"keyChain":[…],"source":"…","record":<raw>}`, the record kept byte for byte.
+fn match_json(m: &Match, raw: &str) -> String {
+    let chain = serde_json::to_string(&m.chain).unwrap_or_else(|_| "[]".into());
+    let source = serde_json::Value::String(m.source.clone());
+    format!("{{\"keyChain\":{chain},\"source\":{source},\"record\":{raw}}}")
+}
+
+fn table_row<S: AsRef<str>>(cells: [S; 7]) -> String {
+    let mut line = String::new();
+    for (cell, (_, width)) in cells.iter().zip(COLUMNS) {
+        line.push_str(&format!("{:<width$}  ", cell.as_ref()));
+    }
+    line.trim_end().to_string()
+}
+
+fn derived_json(d: &DerivedKey) -> serde_json::Value {
+    serde_json::json!({
+        "key": d.key,
+        "parent": d.parent,
+        "event_name": d.event_name,
+        "event_time": d.event_time,
+        "principal": d.principal,
+    })
+}
+
+fn summary_json(s: &Summary) -> serde_json::Value {
+    serde_json::json!({
+        "files": s.files,
+        "files_outside_window": s.files_outside_window,
+        "files_skipped": s.corrupt.iter().map(|(file, problem)| serde_json::json!({"file": file, "problem": problem})).collect::<Vec<_>>(),
+        "files_reread": s.rescanned,
+        "bytes_read": s.bytes_read,
+        "bytes_scanned": s.bytes_scanned,
+        "records": s.records,
+        "malformed_records": s.malformed_records,
+        "matches": s.matches,
+        "derived_keys": s.derived.len(),
+        "elapsed_ms": s.elapsed.as_millis() as u64,
+        "throughput_mb_s": (s.throughput() * 10.0).round() / 10.0,
+    })
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.2} MB", bytes as f64 / 1e6)
+}
+
+/// Shown in full up to this many; a trail with thousands of bad files needs only the first few.
+const CORRUPT_SHOWN: usize = 20;
+
+fn print_summary(s: &Summary) {
+    let mut text = String::new();
+    for (file, problem) in s.corrupt.iter().take(CORRUPT_SHOWN) {
+        text.push_str(&format!("rekey: skipped {file}: {}\n", one_line(problem)));
+    }
+    if s.corrupt.len() > CORRUPT_SHOWN {
+        text.push_str(&format!("rekey: … and {} more skipped files\n", s.corrupt.len() - CORRUPT_SHOWN));
+    }
+    if s.files == 0 && s.files_outside_window == 0 {
+        text.push_str("rekey: no CloudTrail log files (.json.gz, .json) were found in --logs\n");
+    }
+    text.push_str(&format!("rekey trace: {} matches\n", s.matches));
+    text.push_str(&format!(
+        "  files          {} read ({}), {} skipped (corrupt), {} outside the window, {} re-read\n",
+        s.files,
+        mb(s.bytes_read),
+        s.corrupt.len(),
+        s.files_outside_window,
+        s.rescanned
+    ));
+    text.push_str(&format!(
+        "  scanned        {} uncompressed, {} records ({} malformed)\n",
+        mb(s.bytes_scanned),
+        s.records,
+        s.malformed_records
+    ));
+    text.push_str(&format!("  derived keys   {}\n", s.derived.len()));
+    for d in &s.derived {
+        text.push_str(&format!(
+            "    {} from {} by {} at {}{}\n",
+            d.key,
+            d.parent,
+            if d.event_name.is_empty() { "?" } else { &d.event_name },
+            d.event_time.as_deref().unwrap_or("?"),
+            d.principal.as_deref().map(|p| format!(" as {p}")).unwrap_or_default()
+        ));
+    }
+    text.push_str(&format!("  elapsed        {:.2} s, {:.1} MB/s\n", s.elapsed.as_secs_f64(), s.throughput()));
+    eprint!("{text}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> SystemTime {
+        humantime::parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn when_is_a_duration_back_from_now_or_a_time() {
+        let before = SystemTime::now();
+        let t = parse_when("30d").unwrap();
+        let back = before.duration_since(t).unwrap_or_default();
+        assert!(back >= Duration::from_secs(30 * 86_400 - 5) && back <= Duration::from_secs(30 * 86_400 + 5));
+        assert_eq!(parse_when("2026-11-28T12:00:00Z"), Ok(at("2026-11-28T12:00:00Z")));
+        assert_eq!(parse_when("2026-11-28T12:00:00.5Z").map(|t| t > at("2026-11-28T12:00:00Z")), Ok(true));
+        assert_eq!(parse_when("2026-11-28T12:00:00+02:00"), Ok(at("2026-11-28T10:00:00Z")));
+        assert_eq!(parse_when("2026-11-28T12:00:00-01:30"), Ok(at("2026-11-28T13:30:00Z")));
+        assert_eq!(parse_when("2026-11-28"), Ok(at("2026-11-28T00:00:00Z")));
+        for bad in ["yesterday", "30", "2026-13-01", "2026-11-28T25:00:00Z", "", "-3d", "2026-11-28T12:00:00+2:00"] {
+            let e = parse_when(bad).unwrap_err();
+            assert!(e.contains("30d") && !e.contains('\n'), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn keys_are_checked_for_shape() {
+        assert_eq!(parse_key(" akiaiosfodnn7example ").as_deref(), Ok("AKIAIOSFODNN7EXAMPLE"));
+        assert!(parse_key("AKIA-IOSFODNN7EXAMPLE").is_err());
+        assert!(parse_key("AKIA").is_err());
+    }
+
+    #[test]
+    fn a_match_line_keeps_the_record_verbatim() {
+        let m = Match {
+            chain: vec!["AKIA1".into(), "ASIA2".into()],
+            source: "a \"b\".json".into(),
+            raw: "{\"eventID\": \"x\",\n \"n\":1.50}".into(),
+            event_time: None,
+            event_name: None,
+            event_source: None,
+            aws_region: None,
+            source_ip: None,
+            error_code: None,
+            event_id: None,
+        };
+        let line = match_json(&m, &m.raw);
+        assert!(line.contains("\"n\":1.50"), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["keyChain"][1], "ASIA2");
+        assert_eq!(v["source"], "a \"b\".json");
+        assert_eq!(v["record"]["eventID"], "x");
+    }
+}
