@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# tests/report_html.rs renders the incident report in headless Chromium (and fails without it).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium for tests/report_html.rs" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  $SUDO apt-get update -qq >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 REKEY_MOTO_PYTHON="$(scripts/install-moto.sh | tail -n 1)"
 export REKEY_MOTO_PYTHON
 # Incremental artefacts only cost time and disk in one-shot runs.

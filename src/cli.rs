@@ -50,6 +50,10 @@ pub struct Cli {
 enum OutputFormat {
     Text,
     Json,
+    /// One JSON object per line (trace only; its default).
+    Ndjson,
+    /// Aligned columns (trace only).
+    Table,
 }
 
 #[derive(Subcommand, Debug)]
@@ -60,6 +64,88 @@ enum Command {
     Resume(ResumeArgs),
     /// Show unfinished rotations.
     Status(StatusArgs),
+    /// Find every CloudTrail record signed by a (leaked) access key, in log folders or S3.
+    Trace(TraceArgs),
+    /// A leaked key: fence the attacker out, cut over without downtime, revoke sessions,
+    /// investigate, hunt backdoors, and write a report and a containment plan.
+    Incident(IncidentArgs),
+    /// Everything `incident` finds out, changing nothing: owner, timeline, backdoors, report, plan.
+    Investigate(InvestigateArgs),
+    /// Carry out (or undo) a containment plan written by `incident` or `investigate`.
+    Contain(ContainArgs),
+}
+
+#[derive(Args, Debug)]
+struct InvestigateArgs {
+    /// The leaked access key.
+    #[arg(long = "access-key", value_name = "AKIA…", value_parser = crate::trace::parse_key)]
+    key: String,
+    /// Start of the window: a duration back from now (30d) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN", value_parser = crate::trace::parse_when, default_value = "30d")]
+    since: std::time::SystemTime,
+    /// End of the window (default: now).
+    #[arg(long, value_name = "WHEN", value_parser = crate::trace::parse_when)]
+    until: Option<std::time::SystemTime>,
+    /// More CloudTrail logs: a folder or s3://bucket/prefix (repeatable); the trails' own buckets are found anyway.
+    #[arg(long = "logs", value_name = "PATH|s3://BUCKET/PREFIX", value_parser = crate::logs::LogsSpec::parse)]
+    logs: Vec<crate::logs::LogsSpec>,
+    /// Where report.md, report.json, report.html and plan.json go (default ./rekey-incident-<key>-<time>).
+    #[arg(long)]
+    report_dir: Option<PathBuf>,
+    /// An address the attacker used (from AWS's notice; repeatable): never allowed by the fence.
+    #[arg(long = "attacker-ip", value_name = "IP")]
+    attacker_ips: Vec<String>,
+    /// Read the event history of these regions only (repeatable; default: every enabled region).
+    #[arg(long = "history-region", value_name = "REGION")]
+    history_regions: Vec<String>,
+    /// Do not read the CloudTrail event history (LookupEvents).
+    #[arg(long)]
+    no_history: bool,
+    /// Do not look for the account's trails and their log files.
+    #[arg(long)]
+    no_trails: bool,
+}
+
+#[derive(Args, Debug)]
+struct IncidentArgs {
+    #[command(flatten)]
+    investigate: InvestigateArgs,
+    /// Where the key is used, as for `rotate` (repeatable): the cutover moves them to a new key.
+    #[arg(long = "target", value_name = "SPEC")]
+    targets: Vec<TargetSpec>,
+    /// Shell command run after the --target just before it is written.
+    #[arg(long = "restart-cmd", value_name = "CMD")]
+    restart_cmds: Vec<String>,
+    /// Health URL that must stay healthy through the cutover (repeatable).
+    #[arg(long = "probe", value_name = "URL")]
+    probes: Vec<String>,
+    #[command(flatten)]
+    waits: WaitArgs,
+    /// Bound on an ECS rollout.
+    #[arg(long, value_parser = parse_duration, default_value = "15m")]
+    ecs_timeout: Duration,
+    /// Investigate and contain, but leave the key Active (no cutover).
+    #[arg(long, conflicts_with = "deactivate_now")]
+    no_cutover: bool,
+    /// No consumer to move: deactivate the key at once (its consumers break).
+    #[arg(long, conflicts_with = "targets")]
+    deactivate_now: bool,
+    /// Do not fence the user while the cutover runs.
+    #[arg(long)]
+    no_fence: bool,
+}
+
+#[derive(Args, Debug)]
+struct ContainArgs {
+    /// The plan.json written by `incident` or `investigate`.
+    #[arg(long)]
+    plan: PathBuf,
+    /// Carry the plan out (without it: print what it would do).
+    #[arg(long, conflicts_with = "undo")]
+    apply: bool,
+    /// Reverse what `--apply` did, as its log records.
+    #[arg(long)]
+    undo: bool,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +220,77 @@ struct StatusArgs {
     /// Only this user.
     #[arg(long)]
     user: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct TraceArgs {
+    /// The access key whose records are wanted (repeatable).
+    #[arg(long = "access-key", value_name = "AKIA…", required = true, value_parser = crate::trace::parse_key)]
+    keys: Vec<String>,
+    /// CloudTrail logs: a local folder (any depth, .json.gz/.json) or s3://bucket[/prefix] (repeatable).
+    #[arg(long = "logs", value_name = "PATH|s3://BUCKET/PREFIX", required = true, value_parser = crate::logs::LogsSpec::parse)]
+    logs: Vec<crate::logs::LogsSpec>,
+    /// Only records from this time on: a duration back from now (30d, 12h) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN", value_parser = crate::trace::parse_when)]
+    since: Option<std::time::SystemTime>,
+    /// Only records up to this time: a duration back from now (1d) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN", value_parser = crate::trace::parse_when)]
+    until: Option<std::time::SystemTime>,
+    /// Also find the records of every key the keys minted (AssumeRole, GetSessionToken, CreateAccessKey, …).
+    #[arg(long)]
+    follow: bool,
+    #[command(flatten)]
+    athena: AthenaArgs,
+}
+
+/// Run the search as Athena queries over the trail bucket (for trails too big for one machine).
+#[derive(Args, Debug, Clone)]
+struct AthenaArgs {
+    /// Query with Athena instead of reading the log files (billed per TB scanned; see the README).
+    #[arg(long)]
+    athena: bool,
+    /// Athena database (it must exist).
+    #[arg(long, default_value = "default", requires = "athena")]
+    athena_database: String,
+    /// Table to create (if missing) and query.
+    #[arg(long, default_value = "rekey_cloudtrail", requires = "athena")]
+    athena_table: String,
+    /// s3://… for query results (leave out when the workgroup sets it).
+    #[arg(long, default_value = "", requires = "athena")]
+    athena_output: String,
+    #[arg(long, requires = "athena")]
+    athena_workgroup: Option<String>,
+    /// Bound on each query.
+    #[arg(long, value_parser = parse_duration, default_value = "10m", requires = "athena")]
+    athena_timeout: Duration,
+    /// Accounts whose logs the bucket holds (repeatable; default: the caller's).
+    #[arg(long = "athena-account", requires = "athena")]
+    athena_accounts: Vec<String>,
+    /// Regions to search (repeatable; default: --region).
+    #[arg(long = "athena-region", requires = "athena")]
+    athena_regions: Vec<String>,
+    /// Organization id of an organization trail (objects under AWSLogs/<org-id>/).
+    #[arg(long, requires = "athena")]
+    athena_org_id: Option<String>,
+    /// Use an existing table as it is.
+    #[arg(long, requires = "athena")]
+    athena_no_create_table: bool,
+}
+
+impl AthenaArgs {
+    fn options(&self) -> Option<crate::trace::AthenaOptions> {
+        self.athena.then(|| crate::trace::AthenaOptions {
+            database: self.athena_database.clone(),
+            table: self.athena_table.clone(),
+            output: self.athena_output.clone(),
+            workgroup: self.athena_workgroup.clone(),
+            timeout: self.athena_timeout,
+            accounts: self.athena_accounts.clone(),
+            regions: self.athena_regions.clone(),
+            org_id: self.athena_org_id.clone(),
+            create_table: !self.athena_no_create_table,
+        })
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -272,6 +429,35 @@ pub async fn main() -> i32 {
 
     match &cli.command {
         Command::Status(args) => status(&state_dir, args.user.as_deref(), json),
+        Command::Trace(args) => {
+            // `text` is every other command's default; asked for by name, it means the human table.
+            let named = matches.value_source("output") == Some(clap::parser::ValueSource::CommandLine);
+            let format = match cli.output {
+                OutputFormat::Json => crate::trace::Format::Json,
+                OutputFormat::Table => crate::trace::Format::Table,
+                OutputFormat::Text if named => crate::trace::Format::Table,
+                OutputFormat::Ndjson | OutputFormat::Text => crate::trace::Format::Ndjson,
+            };
+            // Local folders need no AWS configuration (nor a region).
+            let sdk = if args.logs.iter().any(crate::logs::LogsSpec::is_s3) {
+                match load_sdk(&cli).await {
+                    Ok(s) => Some(s),
+                    Err(e) => return refuse(false, "", &e),
+                }
+            } else {
+                None
+            };
+            let settings = crate::trace::Settings {
+                keys: args.keys.clone(),
+                logs: args.logs.clone(),
+                since: args.since,
+                until: args.until,
+                follow: args.follow,
+                format,
+                athena: args.athena.options(),
+            };
+            crate::trace::run(settings, sdk).await
+        }
         Command::Rotate(args) => {
             let sub = matches.subcommand_matches("rotate").expect("rotate matched");
             let restart = match restart_cmds_by_target(sub, args.targets.len()) {
@@ -299,6 +485,48 @@ pub async fn main() -> i32 {
             };
             run_with_aws(&cli, state_dir, &settings, json, None).await
         }
+        Command::Incident(args) => {
+            let sub = matches.subcommand_matches("incident").expect("incident matched");
+            let restart = match restart_cmds_by_target(sub, args.targets.len()) {
+                Ok(r) => r,
+                Err(e) => return refuse(json, "", &e),
+            };
+            let cutover = if args.no_cutover {
+                crate::incident::run::Cutover::Skip { why: "--no-cutover".into() }
+            } else if args.deactivate_now {
+                crate::incident::run::Cutover::DeactivateNow
+            } else if args.targets.is_empty() {
+                crate::incident::run::Cutover::Skip {
+                    why: "no --target given to move the consumers to a new key (or --deactivate-now)".into(),
+                }
+            } else {
+                crate::incident::run::Cutover::Rotate(Box::new(Settings {
+                    user: String::new(),
+                    old_key: None,
+                    targets: args
+                        .targets
+                        .iter()
+                        .cloned()
+                        .zip(restart)
+                        .map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd })
+                        .collect(),
+                    probes: args.probes.clone(),
+                    verify: args.waits.verify(),
+                    probe: args.waits.probe(),
+                    grace: Duration::ZERO,
+                    delete_old: false,
+                    dry_run: false,
+                    ecs_timeout: args.ecs_timeout,
+                    verify_regions: args.waits.verify_regions.clone(),
+                }))
+            };
+            incident(&cli, state_dir, &args.investigate, cutover, !args.no_fence, false, json).await
+        }
+        Command::Investigate(args) => {
+            let skip = crate::incident::run::Cutover::Skip { why: "investigate changes nothing".into() };
+            incident(&cli, state_dir, args, skip, false, true, json).await
+        }
+        Command::Contain(args) => contain(&cli, args, json).await,
         Command::Resume(args) => {
             let settings = Settings {
                 user: args.user.clone(),
@@ -314,6 +542,175 @@ pub async fn main() -> i32 {
                 verify_regions: args.waits.verify_regions.clone(),
             };
             run_with_aws(&cli, state_dir, &settings, json, Some(args.rollback)).await
+        }
+    }
+}
+
+async fn incident(
+    cli: &Cli,
+    state_dir: PathBuf,
+    args: &InvestigateArgs,
+    cutover: crate::incident::run::Cutover,
+    fence: bool,
+    read_only: bool,
+    json: bool,
+) -> i32 {
+    use crate::incident::run::{IncidentSettings, run};
+    let sdk = match load_sdk(cli).await {
+        Ok(s) => s,
+        Err(e) => return refuse(json, "", &e),
+    };
+    let end = args.until.unwrap_or_else(std::time::SystemTime::now);
+    if args.since >= end {
+        return refuse(json, "", "--since is not before --until; give an earlier --since (e.g. 30d)");
+    }
+    let handle = tokio::runtime::Handle::current();
+    let mut logs = Vec::new();
+    for spec in &args.logs {
+        match spec.source(Some(&sdk), &handle) {
+            Ok(s) => logs.push((spec.to_string(), s)),
+            Err(e) => return refuse(json, "", &e),
+        }
+    }
+    let report_dir = args.report_dir.clone().unwrap_or_else(|| {
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "");
+        PathBuf::from(format!("rekey-incident-{}-{stamp}", args.key))
+    });
+    let terminal = std::io::stderr().is_terminal();
+    let progress = Progress::new(terminal);
+    let iam = AwsIam::new(&sdk);
+    let verify_regions = match &cutover {
+        crate::incident::run::Cutover::Rotate(s) => s.verify_regions.clone(),
+        _ => Vec::new(),
+    };
+    let key_check = StsKeyCheck::new(&sdk, &verify_regions);
+    let factory = AwsFactory { sdk: sdk.clone(), progress: terminal, poll_interval: Duration::from_secs(5) };
+    let fx = Effects {
+        iam: &iam,
+        key_check: &key_check,
+        clock: &SystemClock,
+        factory: &factory,
+        progress: &progress,
+        state_dir,
+    };
+    let open_s3 = |url: &str| -> Result<Box<dyn rekey_trail::Source>, String> {
+        crate::logs::LogsSpec::parse(url)?.source(Some(&sdk), &handle)
+    };
+    let settings = IncidentSettings {
+        key: args.key.clone(),
+        start: args.since,
+        end,
+        logs,
+        report_dir: report_dir.clone(),
+        attacker_ips: args.attacker_ips.clone(),
+        regions: args.history_regions.clone(),
+        use_history: !args.no_history,
+        use_trails: !args.no_trails,
+        read_only,
+        fence,
+        cutover,
+    };
+    match run(&sdk, settings, Some(&fx), &open_s3, interrupted()).await {
+        Err(e) => refuse(json, "", &e.0),
+        Ok(outcome) => {
+            let r = &outcome.report;
+            if json {
+                let summary = serde_json::json!({
+                    "access_key_id": r.access_key_id,
+                    "severity": r.severity,
+                    "owner": r.owner.user,
+                    "cutover": r.cutover.as_ref().map(|c| &c.outcome),
+                    "findings": r.findings.iter().map(|f| serde_json::json!({"id": f.id, "severity": f.severity, "title": f.title, "still_present": f.still_present})).collect::<Vec<_>>(),
+                    "report_dir": report_dir,
+                    "files": outcome.files,
+                });
+                println!("{}", serde_json::to_string_pretty(&summary).expect("serializes"));
+            } else {
+                println!(
+                    "{} {}: severity {:?}, owner {}",
+                    if read_only { "investigated" } else { "incident" },
+                    r.access_key_id,
+                    r.severity,
+                    r.owner.user.as_deref().unwrap_or("unknown")
+                );
+                for a in &r.actions_taken {
+                    println!("  did: {a}");
+                }
+                for f in &r.findings {
+                    let present = match f.still_present {
+                        Some(true) => " (still present)",
+                        Some(false) => " (gone)",
+                        None => "",
+                    };
+                    println!("  {} {:?}: {}{present}", f.id, f.severity, f.title);
+                }
+                for b in &r.blind_spots {
+                    println!("  blind spot: {}", b.detail);
+                }
+                for t in &r.todo {
+                    println!("  to do: {t}");
+                }
+                println!("  report: {}", report_dir.join("report.md").display());
+            }
+            outcome.exit
+        }
+    }
+}
+
+async fn contain(cli: &Cli, args: &ContainArgs, json: bool) -> i32 {
+    use crate::incident::contain::{Mode, run};
+    let text = match std::fs::read_to_string(&args.plan) {
+        Ok(t) => t,
+        Err(e) => {
+            return refuse(
+                json,
+                "",
+                &format!("cannot read the plan {}: {e}; give the plan.json of an incident report", args.plan.display()),
+            );
+        }
+    };
+    let plan: crate::incident::model::Plan = match serde_json::from_str(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            return refuse(
+                json,
+                "",
+                &format!("{} is not a rekey plan ({e}); give the plan.json of an incident report", args.plan.display()),
+            );
+        }
+    };
+    let sdk = match load_sdk(cli).await {
+        Ok(s) => s,
+        Err(e) => return refuse(json, "", &e),
+    };
+    let mode = if args.apply {
+        Mode::Apply
+    } else if args.undo {
+        Mode::Undo
+    } else {
+        Mode::DryRun
+    };
+    let log = crate::incident::contain::log_path_for(&args.plan);
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    let account = aws_sdk_account::Client::new(&sdk);
+    let print = |report: &crate::incident::contain::ContainReport| {
+        if json {
+            println!("{}", serde_json::to_string_pretty(report).expect("serializes"));
+        } else {
+            print!("{report}");
+        }
+    };
+    match run(&iam, &account, &plan, mode, &log).await {
+        Ok(report) => {
+            print(&report);
+            exit::OK
+        }
+        Err(e) => {
+            if let Some(report) = e.report() {
+                print(report);
+            }
+            eprintln!("rekey: {e}");
+            exit::FAILED
         }
     }
 }

@@ -5,13 +5,17 @@
 //! - [`iam`], [`probe`], [`clock`] and the target adapters (crate `rekey_adapters`) are the side
 //!   effects, each behind a trait so that tests can drive every step through its failures.
 
+pub mod athena;
 pub mod cli;
 pub mod clock;
 pub mod iam;
+pub mod incident;
 pub mod journal;
+pub mod logs;
 pub mod probe;
 pub mod progress;
 pub mod rotation;
+pub mod trace;
 pub mod wait;
 
 #[cfg(test)]

@@ -11,3 +11,4 @@ pub mod investigate;
 pub mod model;
 pub mod report;
 pub mod revoke;
+pub mod run;

@@ -41,6 +41,9 @@ pub struct TimelineEvent {
     pub event_source: String,
     pub region: Option<String>,
     pub source_ip: Option<String>,
+    /// The VPC endpoint the call came through (`vpcEndpointId`), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_endpoint_id: Option<String>,
     pub user_agent: Option<String>,
     /// The key that signed it, and the chain from the compromised key to that key.
     pub signer: Option<String>,
@@ -185,6 +188,42 @@ pub enum Action {
         volume_id: String,
         instance_id: String,
     },
+    DetachGroupPolicy {
+        group: String,
+        policy_arn: String,
+    },
+    DeleteGroupPolicy {
+        group: String,
+        policy_name: String,
+    },
+    /// The reverse of `DeactivateAccessKey` (undo).
+    ActivateAccessKey {
+        user: String,
+        access_key_id: String,
+    },
+    /// The reverse of the detach actions (undo).
+    AttachUserPolicy {
+        user: String,
+        policy_arn: String,
+    },
+    AttachRolePolicy {
+        role: String,
+        policy_arn: String,
+    },
+    AttachGroupPolicy {
+        group: String,
+        policy_arn: String,
+    },
+    /// The reverse of `RemoveUserFromGroup` (undo).
+    AddUserToGroup {
+        user: String,
+        group: String,
+    },
+    /// For a contact that was not set before the attacker set it (and the undo of a restore when
+    /// the attacker had deleted it).
+    DeleteAlternateContact {
+        contact_type: String,
+    },
 }
 
 /// Data that reverses an action (`rekey contain --undo`).
@@ -214,6 +253,11 @@ pub enum Undo {
     },
     PutRolePolicy {
         role: String,
+        policy_name: String,
+        policy_document: String,
+    },
+    PutGroupPolicy {
+        group: String,
         policy_name: String,
         policy_document: String,
     },
