@@ -11,6 +11,7 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_iam::error::ProvideErrorMetadata;
 use serde_json::{Value, json};
 use support::*;
 use testbed::app::{self, CredentialSource};
@@ -169,8 +170,22 @@ async fn incident_finds_the_backdoors_follows_the_session_cuts_over_and_plans_co
         .unwrap();
     let sc = session.credentials().unwrap();
     let asia = sc.access_key_id().to_string();
-    let session_creds = Creds::new(asia.clone(), sc.secret_access_key().to_string());
-    let _ = &session_creds;
+    // The attacker's role session, kept to check that it is revoked.
+    let session_sdk = moto
+        .sdk_config(&s.admin)
+        .to_builder()
+        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+            aws_credential_types::Credentials::new(
+                asia.clone(),
+                sc.secret_access_key().to_string(),
+                Some(sc.session_token().to_string()),
+                None,
+                "attacker-session",
+            ),
+        ))
+        .build();
+    let session_iam = aws_sdk_iam::Client::new(&session_sdk);
+    session_iam.list_roles().send().await.expect("the session works before the incident");
     let a_account = aws_sdk_account::Client::new(&moto.sdk_config(&stolen));
     a_account
         .put_alternate_contact()
@@ -315,6 +330,9 @@ async fn incident_finds_the_backdoors_follows_the_session_cuts_over_and_plans_co
     let role_policy =
         admin_iam.get_role_policy().role_name("ops-admin").policy_name("rekey-revoke-older-sessions").send().await;
     assert!(role_policy.is_ok(), "the revocation policy is on the role");
+    let denied =
+        session_iam.list_roles().send().await.map_err(|e| e.into_service_error().meta().code().map(str::to_string));
+    assert_eq!(denied.err().flatten().as_deref(), Some("AccessDenied"), "the attacker's session is revoked");
     // Every backdoor that still exists is a finding, with evidence.
     let findings = report["findings"].as_array().unwrap();
     let present = |needle: &str| findings.iter().any(|f| f["still_present"] == true && f.to_string().contains(needle));
@@ -375,5 +393,87 @@ async fn incident_finds_the_backdoors_follows_the_session_cuts_over_and_plans_co
     assert!(admin_iam.get_role().role_name("outside-trust").send().await.is_ok());
     let attached = admin_iam.list_attached_user_policies().user_name("backdoor").send().await.unwrap();
     assert!(attached.attached_policies().iter().any(|p| p.policy_arn() == Some(pol_arn.as_str())));
+    moto.set_auth(false).await;
+}
+
+/// The fence, for real: with it on (no cutover, so it stays), the leaked key still works from the
+/// application's own address and is refused from the attacker's. The patched emulator reads the
+/// caller's address from `X-Forwarded-For`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_locks_the_attacker_out_while_the_app_keeps_working() {
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let admin_iam = aws_sdk_iam::Client::new(&moto.sdk_config(&s.admin));
+    admin_iam
+        .put_user_policy()
+        .user_name(&s.app_user)
+        .policy_name("app-broad")
+        .policy_document(
+            json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let s3 = {
+        let conf = aws_sdk_s3::config::Builder::from(&moto.sdk_config(&s.admin)).force_path_style(true).build();
+        aws_sdk_s3::Client::from_conf(conf)
+    };
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    let ct = aws_sdk_cloudtrail::Client::new(&moto.sdk_config(&s.admin));
+    ct.create_trail().name("main").s3_bucket_name(BUCKET).is_multi_region_trail(true).send().await.unwrap();
+
+    let key = s.app_key.access_key_id.clone();
+    let arn = format!("arn:aws:iam::{ACCOUNT}:user/{}", s.app_user);
+    let now = SystemTime::now();
+    let mut trail = Trail { records: Vec::new(), n: 0 };
+    for d in (2..8).rev() {
+        let at = now - Duration::from_secs(86_400 * d);
+        trail.add(at, &key, &arn, "IAMUser", APP_IP, "sts", "GetCallerIdentity", json!(null), json!(null));
+    }
+    let at = now - Duration::from_secs(600);
+    trail.add(at, &key, &arn, "IAMUser", ATTACKER_IP, "iam", "ListUsers", json!(null), json!(null));
+    trail.upload(&s3).await;
+
+    moto.set_auth(true).await;
+    let dir = state_dir();
+    let rd = dir.path().join("report").display().to_string();
+    let args = [
+        "incident",
+        "--access-key",
+        &key,
+        "--no-cutover",
+        "--attacker-ip",
+        ATTACKER_IP,
+        "--report-dir",
+        &rd,
+        "--no-history",
+        "--output",
+        "json",
+    ];
+    let out = rekey(&moto, &s.admin, dir.path(), &args).await;
+    out.assert_code(0);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report/report.json")).unwrap()).unwrap();
+    assert_eq!(report["fence"]["status"], "applied", "{}", report["fence"]);
+    assert!(report["todo"].to_string().contains("fence"), "lifting the fence is left to do: {}", report["todo"]);
+
+    let app_iam = aws_sdk_iam::Client::new(&moto.sdk_config(&s.app_key));
+    let from = |ip: &'static str| {
+        let iam = app_iam.clone();
+        async move {
+            iam.list_users()
+                .customize()
+                .mutate_request(move |r| {
+                    r.headers_mut().insert("X-Forwarded-For", ip);
+                })
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.into_service_error().meta().code().unwrap_or("no code").to_string())
+        }
+    };
+    assert_eq!(from(APP_IP).await, Ok(()), "the application's own address still works");
+    assert_eq!(from(ATTACKER_IP).await, Err("AccessDenied".to_string()), "the attacker is locked out");
+    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, vec![(key.clone(), "Active".into())], "no cutover");
     moto.set_auth(false).await;
 }
