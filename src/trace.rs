@@ -169,39 +169,33 @@ pub async fn run(settings: Settings, sdk: Option<aws_types::SdkConfig>) -> i32 {
     exit::OK
 }
 
-/// The same search as Athena queries, one per hop of the key chain.
-async fn run_athena(settings: &Settings, opts: &AthenaOptions, sdk: Option<aws_types::SdkConfig>) -> i32 {
-    let (bucket, prefix) = match settings.logs.as_slice() {
+/// The Athena settings for a trail bucket: the table sits at the prefix before `AWSLogs/`, and the
+/// projection covers the given accounts (default: the caller's) and regions (default: `--region`).
+pub async fn athena_settings(
+    opts: &AthenaOptions,
+    logs: &[LogsSpec],
+    sdk: &aws_types::SdkConfig,
+) -> Result<crate::athena::AthenaSettings, String> {
+    let (bucket, prefix) = match logs {
         [LogsSpec::S3 { bucket, prefix }] => (bucket.clone(), prefix.clone()),
-        _ => {
-            eprintln!("rekey: --athena reads one trail bucket: give exactly one --logs s3://bucket[/prefix]");
-            return exit::REFUSED;
-        }
+        _ => return Err("--athena reads one trail bucket: give exactly one --logs s3://bucket[/prefix]".into()),
     };
-    let Some(sdk) = sdk else {
-        eprintln!("rekey: --athena needs AWS credentials and a region");
-        return exit::REFUSED;
-    };
-    // The table's location is the part of the prefix before AWSLogs/.
     let prefix = prefix.split("AWSLogs").next().unwrap_or("").trim_end_matches('/').to_string();
     let mut accounts = opts.accounts.clone();
     if accounts.is_empty() {
-        match aws_sdk_sts::Client::new(&sdk).get_caller_identity().send().await {
-            Ok(me) => accounts.push(me.account().unwrap_or_default().to_string()),
-            Err(e) => {
-                eprintln!(
-                    "rekey: cannot tell the account to search ({}); pass --athena-account",
-                    aws_sdk_sts::error::DisplayErrorContext(&e)
-                );
-                return exit::REFUSED;
-            }
-        }
+        let me = aws_sdk_sts::Client::new(sdk).get_caller_identity().send().await.map_err(|e| {
+            format!(
+                "cannot tell the account to search ({}); pass --athena-account",
+                aws_sdk_sts::error::DisplayErrorContext(&e)
+            )
+        })?;
+        accounts.push(me.account().unwrap_or_default().to_string());
     }
     let mut regions = opts.regions.clone();
     if regions.is_empty() {
         regions.extend(sdk.region().map(|r| r.to_string()));
     }
-    let athena_settings = crate::athena::AthenaSettings {
+    Ok(crate::athena::AthenaSettings {
         table: rekey_trail::athena::TableSpec {
             database: opts.database.clone(),
             table: opts.table.clone(),
@@ -217,6 +211,21 @@ async fn run_athena(settings: &Settings, opts: &AthenaOptions, sdk: Option<aws_t
         workgroup: opts.workgroup.clone(),
         timeout: opts.timeout,
         create_table: opts.create_table,
+    })
+}
+
+/// The same search as Athena queries, one per hop of the key chain.
+async fn run_athena(settings: &Settings, opts: &AthenaOptions, sdk: Option<aws_types::SdkConfig>) -> i32 {
+    let Some(sdk) = sdk else {
+        eprintln!("rekey: --athena needs AWS credentials and a region");
+        return exit::REFUSED;
+    };
+    let athena_settings = match athena_settings(opts, &settings.logs, &sdk).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rekey: {e}");
+            return exit::REFUSED;
+        }
     };
     let mut query = Query::new(settings.keys.clone());
     query.follow = settings.follow;

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use rekey::incident::contain::{self, ContainError, Mode, Status};
+use rekey::incident::contain::{self, Mode, Status};
 use rekey::incident::hunt::hunt;
 use rekey::incident::model::{Action, Owner, Plan, PlanAction, Severity, TimelineEvent, Undo};
 use serde_json::{Value, json};
@@ -88,6 +88,7 @@ async fn hunt_contain_and_undo_backdoors() {
     let config = moto.sdk_config(&s.admin);
     let iam = aws_sdk_iam::Client::new(&config);
     let account = aws_sdk_account::Client::new(&config);
+    let ec2 = aws_sdk_ec2::Client::new(&config);
 
     // Before the window: the legitimate state.
     let before = SystemTime::now() - Duration::from_secs(86_400);
@@ -237,7 +238,7 @@ async fn hunt_contain_and_undo_backdoors() {
     };
     let window = (start, SystemTime::now() + Duration::from_secs(600));
 
-    let h = hunt(&iam, &account, &timeline, window, &owner).await;
+    let h = hunt(&iam, &account, &ec2, &timeline, window, &owner).await;
     let dump = format!(
         "findings: {:#?}\nplan: {}\nnotes: {:?}",
         h.findings,
@@ -311,12 +312,12 @@ async fn hunt_contain_and_undo_backdoors() {
     let log = contain::log_path_for(&dir.path().join("plan.json"));
 
     // Dry run: changes nothing, writes nothing.
-    let dry = contain::run(&iam, &account, &plan, Mode::DryRun, &log).await.unwrap();
+    let dry = contain::run(&iam, &account, &ec2, &plan, Mode::DryRun, &log).await.unwrap();
     assert!(dry.outcomes.iter().all(|o| o.status == Status::Planned), "{dry}");
     assert!(!log.exists());
     assert!(iam.get_user().user_name(bd).send().await.is_ok());
 
-    let applied = contain::run(&iam, &account, &plan, Mode::Apply, &log).await.unwrap_or_else(|e| panic!("{e}"));
+    let applied = contain::run(&iam, &account, &ec2, &plan, Mode::Apply, &log).await.unwrap_or_else(|e| panic!("{e}"));
     let shown = applied.to_string();
     assert_eq!(applied.outcomes.len(), plan.actions.len(), "{shown}");
     assert!(applied.outcomes.iter().all(|o| o.status == Status::Applied), "{shown}");
@@ -331,10 +332,10 @@ async fn hunt_contain_and_undo_backdoors() {
     assert!(lines.contains(&bd_key_id), "the deleted key is recorded in the log:\n{lines}");
 
     // Idempotent: a second apply does nothing.
-    let again = contain::run(&iam, &account, &plan, Mode::Apply, &log).await.unwrap();
+    let again = contain::run(&iam, &account, &ec2, &plan, Mode::Apply, &log).await.unwrap();
     assert!(again.outcomes.iter().all(|o| o.status == Status::AlreadyApplied), "{again}");
 
-    let undone = contain::run(&iam, &account, &plan, Mode::Undo, &log).await.unwrap_or_else(|e| panic!("{e}"));
+    let undone = contain::run(&iam, &account, &ec2, &plan, Mode::Undo, &log).await.unwrap_or_else(|e| panic!("{e}"));
     let shown = undone.to_string();
     assert_eq!(undone.outcomes.first().map(|o| o.action_id.clone()), plan.actions.last().map(|a| a.id.clone()));
     assert!(iam.get_user().user_name(bd).send().await.is_ok(), "user back\n{shown}");
@@ -369,23 +370,205 @@ async fn hunt_contain_and_undo_backdoors() {
     assert!(key_status(&iam, bd, &bd_key_id).await.is_none());
 
     // Undo twice: nothing left to reverse.
-    let twice = contain::run(&iam, &account, &plan, Mode::Undo, &log).await.unwrap();
+    let twice = contain::run(&iam, &account, &ec2, &plan, Mode::Undo, &log).await.unwrap();
     assert!(twice.outcomes.is_empty(), "{twice}");
+}
 
-    // Forensic snapshots need the EC2 SDK, which this build does not link.
-    let snap = Plan {
-        actions: vec![PlanAction {
-            id: "A1".into(),
-            finding: "F1".into(),
-            description: "snapshot".into(),
-            action: Action::SnapshotVolume { volume_id: "vol-1".into(), instance_id: "i-1".into() },
-            undo: Undo::None { reason: "a snapshot is kept".into() },
-        }],
-        ..plan.clone()
+/// The incident's snapshots of `volume`: (id, state, tags, description).
+async fn incident_snapshots(
+    ec2: &aws_sdk_ec2::Client,
+    incident: &str,
+    volume: &str,
+) -> Vec<(String, String, Vec<(String, String)>, String)> {
+    use aws_sdk_ec2::types::Filter;
+    let out = ec2
+        .describe_snapshots()
+        .filters(Filter::builder().name("tag:rekey:incident").values(incident).build())
+        .filters(Filter::builder().name("volume-id").values(volume).build())
+        .send()
+        .await
+        .unwrap();
+    out.snapshots()
+        .iter()
+        .map(|s| {
+            (
+                s.snapshot_id().unwrap_or_default().to_string(),
+                s.state().map(|st| st.as_str().to_string()).unwrap_or_default(),
+                s.tags()
+                    .iter()
+                    .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+                    .collect(),
+                s.description().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forensic_snapshots_of_the_attackers_instance_come_first_and_are_kept() {
+    use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice};
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let config = moto.sdk_config(&s.admin);
+    let iam = aws_sdk_iam::Client::new(&config);
+    let account = aws_sdk_account::Client::new(&config);
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+    let start = SystemTime::now() - Duration::from_secs(1);
+    let t = at(start + Duration::from_secs(1));
+
+    // The attacker launches an instance with a data volume (moto accepts any image id while AMI
+    // validation is off, its default) and leaves a backdoor user with a console password.
+    let run = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .instance_type(aws_sdk_ec2::types::InstanceType::T2Micro)
+        .min_count(1)
+        .max_count(1)
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name("/dev/sdf")
+                .ebs(EbsBlockDevice::builder().volume_size(10).delete_on_termination(false).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let instance = run.instances()[0].instance_id().unwrap().to_string();
+    let described = ec2.describe_instances().instance_ids(&instance).send().await.unwrap();
+    let volumes: Vec<String> = described.reservations()[0].instances()[0]
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs().and_then(|e| e.volume_id()).map(str::to_string))
+        .collect();
+    assert!(!volumes.is_empty(), "moto attached no volume: {described:?}");
+    let bd = "backdoor-ec2";
+    iam.create_user().user_name(bd).send().await.unwrap();
+    iam.create_login_profile().user_name(bd).password("Attacker-Pass-123!").send().await.unwrap();
+
+    let gone = "i-0123456789abcdef0";
+    let timeline = vec![
+        event("ev-1", &t, "iam", "CreateUser", json!({"userName": bd}), json!({"user": {"userName": bd}})),
+        event("ev-2", &t, "iam", "CreateLoginProfile", json!({"userName": bd}), json!({})),
+        event(
+            "ev-3",
+            &t,
+            "ec2",
+            "RunInstances",
+            json!({"instancesSet": {"items": [{"imageId": "ami-12c6146b", "minCount": 1, "maxCount": 1}]}}),
+            json!({"instancesSet": {"items": [{"instanceId": instance, "imageId": "ami-12c6146b"}]}}),
+        ),
+        event(
+            "ev-4",
+            &t,
+            "ssm",
+            "SendCommand",
+            json!({"documentName": "AWS-RunShellScript", "instanceIds": [instance, gone]}),
+            Value::Null,
+        ),
+    ];
+    let owner = Owner {
+        user: Some(s.app_user.clone()),
+        arn: Some(format!("arn:aws:iam::{ACCOUNT}:user/{}", s.app_user)),
+        account: Some(ACCOUNT.into()),
+        ..Default::default()
     };
-    let err = contain::run(&iam, &account, &snap, Mode::Apply, &dir.path().join("snap.jsonl")).await.unwrap_err();
-    assert!(matches!(err, ContainError::Unsupported { action: "snapshot_volume", .. }), "{err}");
-    assert!(err.to_string().contains("vol-1"), "{err}");
+    let window = (start, SystemTime::now() + Duration::from_secs(600));
+    let h = hunt(&iam, &account, &ec2, &timeline, window, &owner).await;
+    let dump = format!(
+        "findings: {:#?}\nplan: {}\nnotes: {:?}",
+        h.findings,
+        serde_json::to_string_pretty(&h.plan).unwrap(),
+        h.notes
+    );
+
+    let f = h.findings.iter().find(|f| f.kind == "instance" && f.resource == instance).expect(&dump);
+    assert_eq!(f.still_present, Some(true), "{dump}");
+    assert_eq!(f.severity, Severity::High, "{dump}");
+    assert_eq!(f.evidence, vec!["ev-3".to_string(), "ev-4".to_string()], "{dump}");
+    let f_gone = h.findings.iter().find(|f| f.kind == "instance" && f.resource == gone).expect(&dump);
+    assert_eq!(f_gone.still_present, Some(false), "{dump}");
+    assert!(!h.plan.iter().any(|a| a.finding == f_gone.id), "{dump}");
+
+    // Evidence first: one snapshot per volume, before every other action.
+    let snaps: Vec<&PlanAction> =
+        h.plan.iter().take_while(|a| matches!(a.action, Action::SnapshotVolume { .. })).collect();
+    assert_eq!(snaps.len(), volumes.len(), "{dump}");
+    assert_eq!(
+        h.plan.iter().filter(|a| matches!(a.action, Action::SnapshotVolume { .. })).count(),
+        volumes.len(),
+        "{dump}"
+    );
+    assert!(h.plan.len() > snaps.len(), "the backdoor user is contained too\n{dump}");
+    for a in &snaps {
+        assert_eq!(a.finding, f.id);
+        assert!(
+            volumes.iter().any(|v| a.action
+                == Action::SnapshotVolume {
+                    volume_id: v.clone(),
+                    instance_id: instance.clone(),
+                    region: Some("us-east-1".into())
+                }),
+            "{}\n{dump}",
+            a.id
+        );
+        assert_eq!(a.undo, Undo::None { reason: "a forensic snapshot is evidence and is kept".into() });
+    }
+
+    let plan = Plan {
+        incident: "inc-ec2".into(),
+        access_key_id: s.app_key.access_key_id.clone(),
+        account: Some(ACCOUNT.into()),
+        created_at: at(SystemTime::now()),
+        actions: h.plan.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = contain::log_path_for(&dir.path().join("plan.json"));
+
+    let dry = contain::run(&iam, &account, &ec2, &plan, Mode::DryRun, &log).await.unwrap();
+    assert!(dry.outcomes.iter().all(|o| o.status == Status::Planned), "{dry}");
+    assert!(incident_snapshots(&ec2, "inc-ec2", &volumes[0]).await.is_empty());
+
+    let applied = contain::run(&iam, &account, &ec2, &plan, Mode::Apply, &log).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(applied.outcomes.iter().all(|o| o.status == Status::Applied), "{applied}");
+    assert!(iam.get_user().user_name(bd).send().await.is_err(), "backdoor user deleted\n{applied}");
+    for v in &volumes {
+        let found = incident_snapshots(&ec2, "inc-ec2", v).await;
+        assert_eq!(found.len(), 1, "{v}: {found:?}\n{applied}");
+        let (id, state, tags, description) = &found[0];
+        assert_eq!(state, "completed");
+        for (k, want) in [
+            ("rekey:incident", "inc-ec2"),
+            ("rekey:instance", instance.as_str()),
+            ("rekey:access-key", s.app_key.access_key_id.as_str()),
+        ] {
+            assert!(tags.iter().any(|(tk, tv)| tk == k && tv == want), "{k}={want} not in {tags:?}");
+        }
+        assert!(description.contains("inc-ec2") && description.contains(&instance), "{description}");
+        assert!(applied.to_string().contains(id.as_str()), "the outcome names the snapshot\n{applied}");
+    }
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert!(lines.contains("snapshot_volume") && lines.contains("completed"), "logged:\n{lines}");
+
+    // Undo reverses the containment but keeps the evidence.
+    let undone = contain::run(&iam, &account, &ec2, &plan, Mode::Undo, &log).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(iam.get_user().user_name(bd).send().await.is_ok(), "user back\n{undone}");
+    for a in &snaps {
+        let o = undone.outcome(&a.id).unwrap();
+        assert_eq!(o.status, Status::NotReversible, "{undone}");
+        assert!(o.detail.as_deref().unwrap_or_default().contains("evidence"), "{undone}");
+    }
+    for v in &volumes {
+        assert_eq!(incident_snapshots(&ec2, "inc-ec2", v).await.len(), 1, "kept after undo: {v}");
+    }
+
+    // Applying again finds the incident's snapshots by their tags instead of taking new ones.
+    let again = contain::run(&iam, &account, &ec2, &plan, Mode::Apply, &log).await.unwrap_or_else(|e| panic!("{e}"));
+    for a in &snaps {
+        assert_eq!(again.outcome(&a.id).unwrap().status, Status::AlreadyDone, "{again}");
+    }
+    for v in &volumes {
+        assert_eq!(incident_snapshots(&ec2, "inc-ec2", v).await.len(), 1, "no second snapshot of {v}");
+    }
 }
 
 trait PlanExt {

@@ -11,12 +11,11 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_iam::error::ProvideErrorMetadata;
 use serde_json::{Value, json};
 use support::*;
 use testbed::app::{self, CredentialSource};
 use testbed::load;
-use testbed::moto::{Creds, Moto, seed};
+use testbed::moto::{Moto, seed};
 
 const ACCOUNT: &str = "123456789012";
 const ATTACKER_IP: &str = "198.51.100.50";

@@ -5,18 +5,23 @@
 //! failed run, and a second `--apply` skips what the log says is already applied. Steps are
 //! idempotent: a thing already gone is "already done", not an error. A failed step stops the run,
 //! because later steps depend on earlier ones (a user is deleted only once emptied).
+//!
+//! Forensic snapshots (`snapshot_volume`) are tagged `rekey:incident`, `rekey:instance` and
+//! `rekey:access-key`; a snapshot of the volume already tagged with the incident is "already done".
+//! Undo keeps them: they are evidence.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_account::types::AlternateContactType;
 use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_iam::types::StatusType;
 use serde::{Deserialize, Serialize};
 
+use super::hunt::ec2_in;
 use super::model::{Action, Plan, PlanAction, Undo};
 
 /// The log's file name, beside the plan.
@@ -50,8 +55,6 @@ pub enum Status {
     Undone,
     /// Cannot be reversed by rekey; the detail says why and what to do.
     NotReversible,
-    /// Dry run: this build cannot run it.
-    Unsupported,
     Failed,
 }
 
@@ -64,7 +67,6 @@ impl Status {
             Status::AlreadyApplied => "already_applied",
             Status::Undone => "undone",
             Status::NotReversible => "not_reversible",
-            Status::Unsupported => "unsupported",
             Status::Failed => "failed",
         }
     }
@@ -116,11 +118,6 @@ impl fmt::Display for ContainReport {
 pub enum ContainError {
     #[error("containment log {}: {source}", path.display())]
     Log { path: PathBuf, source: std::io::Error },
-    #[error(
-        "{action_id}: {action} is not implemented by this build (the EC2 SDK is not linked); take it by hand \
-         ({hint}), remove it from the plan and run again; actions before it were applied and logged"
-    )]
-    Unsupported { action_id: String, action: &'static str, hint: String, report: Box<ContainReport> },
     #[error("{action_id} failed, stopped there (later actions depend on it; what ran is in the log): {message}")]
     Failed { action_id: String, message: String, report: Box<ContainReport> },
 }
@@ -130,7 +127,7 @@ impl ContainError {
     pub fn report(&self) -> Option<&ContainReport> {
         match self {
             ContainError::Log { .. } => None,
-            ContainError::Unsupported { report, .. } | ContainError::Failed { report, .. } => Some(report),
+            ContainError::Failed { report, .. } => Some(report),
         }
     }
 }
@@ -157,6 +154,7 @@ pub struct LogEntry {
 pub async fn run(
     iam: &aws_sdk_iam::Client,
     account: &aws_sdk_account::Client,
+    ec2: &aws_sdk_ec2::Client,
     plan: &Plan,
     mode: Mode,
     log_path: &Path,
@@ -166,6 +164,7 @@ pub async fn run(
     let mut runner = Runner {
         iam,
         account,
+        ec2,
         plan,
         log_path,
         report: ContainReport {
@@ -180,8 +179,6 @@ pub async fn run(
             for a in &plan.actions {
                 let (status, detail) = if applied.contains(&a.id) {
                     (Status::AlreadyApplied, None)
-                } else if matches!(a.action, Action::SnapshotVolume { .. }) {
-                    (Status::Unsupported, Some("not implemented by this build: take the snapshot by hand".into()))
                 } else {
                     (Status::Planned, Some(format!("undo: {}", describe_undo(&a.undo))))
                 };
@@ -267,6 +264,9 @@ impl Done {
     fn applied() -> Self {
         Done { status: Status::Applied, detail: None }
     }
+    fn applied_with(detail: String) -> Self {
+        Done { status: Status::Applied, detail: Some(detail) }
+    }
     fn already(why: &str) -> Self {
         Done { status: Status::AlreadyDone, detail: Some(why.to_string()) }
     }
@@ -275,6 +275,7 @@ impl Done {
 struct Runner<'a> {
     iam: &'a aws_sdk_iam::Client,
     account: &'a aws_sdk_account::Client,
+    ec2: &'a aws_sdk_ec2::Client,
     plan: &'a Plan,
     log_path: &'a Path,
     report: ContainReport,
@@ -329,22 +330,11 @@ impl Runner<'_> {
     }
 
     async fn apply(&mut self, a: &PlanAction) -> Result<(), ContainError> {
-        if let Action::SnapshotVolume { volume_id, instance_id } = &a.action {
-            let msg = "not implemented by this build (no EC2 SDK)".to_string();
-            self.log(self.entry(a, "apply", "failed", None, Some(msg.clone()), Vec::new()))?;
-            self.outcome(a, Status::Failed, None, Some(msg));
-            return Err(ContainError::Unsupported {
-                action_id: a.id.clone(),
-                action: "snapshot_volume",
-                hint: format!(
-                    "aws ec2 create-snapshot --volume-id {volume_id} --description 'rekey {} {instance_id}'",
-                    self.plan.incident
-                ),
-                report: Box::new(self.report.clone()),
-            });
-        }
         let result = match &a.action {
             Action::DeleteUser { user } => self.delete_user(a, user).await,
+            Action::SnapshotVolume { volume_id, instance_id, region } => {
+                snapshot_volume(self.ec2, self.plan, volume_id, instance_id, region.as_deref(), SNAPSHOT_WAIT).await
+            }
             action => execute(self.iam, self.account, action).await,
         };
         match result {
@@ -732,9 +722,108 @@ async fn execute(
             )),
         },
         Action::SnapshotVolume { volume_id, .. } => {
-            Err(format!("snapshot_volume {volume_id}: not implemented by this build (no EC2 SDK)"))
+            // Only reached from an undo that names it; the apply path tags it with the plan's incident.
+            Err(format!("snapshot_volume {volume_id}: runs only as a step of a plan"))
         }
     }
+}
+
+/// How long a forensic snapshot is waited for. Its content is fixed when CreateSnapshot returns;
+/// one still pending after this is logged as taken, with its state, rather than holding back the
+/// containment steps after it.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(600);
+const SNAPSHOT_POLL: Duration = Duration::from_secs(5);
+
+/// The incident's snapshot of `volume`, when one was taken (and did not fail): id and state.
+async fn incident_snapshot(
+    ec2: &aws_sdk_ec2::Client,
+    incident: &str,
+    volume: &str,
+) -> Result<Option<(String, String)>, String> {
+    use aws_sdk_ec2::types::Filter;
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(Filter::builder().name("tag:rekey:incident").values(incident).build())
+        .filters(Filter::builder().name("volume-id").values(volume).build())
+        .send()
+        .await
+        .map_err(|e| format!("DescribeSnapshots {volume}: {}", aws_sdk_ec2::error::DisplayErrorContext(&e)))?;
+    Ok(out.snapshots().iter().filter(|s| s.state().is_none_or(|st| st.as_str() != "error")).find_map(|s| {
+        let state = s.state().map(|st| st.as_str().to_string()).unwrap_or_else(|| "unknown".into());
+        s.snapshot_id().map(|id| (id.to_string(), state))
+    }))
+}
+
+/// CreateSnapshot of `volume`, tagged with the incident, the instance and the leaked key, then a
+/// bounded wait for `completed`.
+async fn snapshot_volume(
+    ec2: &aws_sdk_ec2::Client,
+    plan: &Plan,
+    volume: &str,
+    instance: &str,
+    region: Option<&str>,
+    wait: Duration,
+) -> Result<Done, String> {
+    use aws_sdk_ec2::types::{ResourceType, SnapshotState, Tag, TagSpecification};
+    let ec2 = ec2_in(ec2, region);
+    let err = |what: &str, e: &dyn std::error::Error| format!("{what}: {}", DisplayErrorContext(e));
+    let (id, existed) = match incident_snapshot(&ec2, &plan.incident, volume).await? {
+        Some((id, _)) => (id, true),
+        None => {
+            let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+            let tags = TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .tags(tag("rekey:incident", &plan.incident))
+                .tags(tag("rekey:instance", instance))
+                .tags(tag("rekey:access-key", &plan.access_key_id))
+                .build();
+            let out = ec2
+                .create_snapshot()
+                .volume_id(volume)
+                .description(format!(
+                    "rekey incident {}: forensic snapshot of {volume} of instance {instance} (leaked key {})",
+                    plan.incident, plan.access_key_id
+                ))
+                .tag_specifications(tags)
+                .send()
+                .await
+                .map_err(|e| err(&format!("CreateSnapshot {volume}"), &e))?;
+            let id = out.snapshot_id().ok_or_else(|| format!("CreateSnapshot {volume}: no snapshot id returned"))?;
+            tracing::info!(snapshot = id, volume, instance, incident = %plan.incident, "forensic snapshot started");
+            (id.to_string(), false)
+        }
+    };
+    let deadline = Instant::now() + wait;
+    let state = loop {
+        let state = match ec2.describe_snapshots().snapshot_ids(&id).send().await {
+            Ok(out) => out.snapshots().first().and_then(|s| s.state().cloned()),
+            // Just created: not visible everywhere yet.
+            Err(e) if aws_sdk_ec2::error::ProvideErrorMetadata::code(&e) == Some("InvalidSnapshot.NotFound") => None,
+            Err(e) => return Err(err(&format!("DescribeSnapshots {id}"), &e)),
+        };
+        match state {
+            Some(SnapshotState::Completed) => break "completed".to_string(),
+            Some(SnapshotState::Error) => {
+                return Err(format!("snapshot {id} of {volume} failed (state error): take one by hand"));
+            }
+            s if Instant::now() >= deadline => {
+                break s.map(|s| s.as_str().to_string()).unwrap_or_else(|| "unknown".into());
+            }
+            _ => tokio::time::sleep(SNAPSHOT_POLL.min(deadline.saturating_duration_since(Instant::now()))).await,
+        }
+    };
+    tracing::info!(snapshot = %id, volume, instance, state = %state, incident = %plan.incident, "forensic snapshot");
+    let detail = if state == "completed" {
+        format!("snapshot {id} of {volume} ({instance}) completed, tagged rekey:incident={}", plan.incident)
+    } else {
+        format!(
+            "snapshot {id} of {volume} ({instance}) still {state} after {}s: its content is fixed, it completes on its \
+             own; check `aws ec2 describe-snapshots --snapshot-ids {id}` before deleting the volume",
+            wait.as_secs()
+        )
+    };
+    Ok(if existed { Done { status: Status::AlreadyDone, detail: Some(detail) } } else { Done::applied_with(detail) })
 }
 
 fn describe_undo(u: &Undo) -> String {

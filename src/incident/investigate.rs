@@ -142,6 +142,14 @@ pub struct Inputs<'a> {
     pub open_s3: OpenS3<'a>,
     /// LookupEvents requests per second per region (AWS allows 2).
     pub history_rate: f64,
+    /// Query the trail bucket with Athena instead of reading its files (`--athena`).
+    pub athena: Option<AthenaReader<'a>>,
+}
+
+/// The trail read through Athena: the same records, found by SQL over the bucket.
+pub struct AthenaReader<'a> {
+    pub api: &'a dyn crate::athena::AthenaApi,
+    pub settings: crate::athena::AthenaSettings,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -343,6 +351,56 @@ pub async fn investigate(inputs: Inputs<'_>) -> Investigation {
         }),
         _ => inputs.regions.clone(),
     };
+    if let Some(athena) = &inputs.athena {
+        // The bucket is queried where it lies: its files are not also downloaded.
+        log_sources.clear();
+        let location = format!("athena {}.{}", athena.settings.table.database, athena.settings.table.table);
+        let mut query = Query::new(vec![inputs.key.clone()]);
+        query.follow = true;
+        query.since = Some(inputs.start);
+        query.until = Some(inputs.end);
+        let mut matches = Vec::new();
+        let result = crate::athena::search(athena.api, &athena.settings, &query, &mut |m| matches.push(m)).await;
+        let status = match &result {
+            Ok(summary) => {
+                for d in &summary.derived {
+                    collected.derived.entry(d.key.clone()).or_insert_with(|| d.clone());
+                }
+                format!(
+                    "ok ({} queries, {:.2} GB scanned, about ${:.2})",
+                    summary.queries.len(),
+                    summary.bytes_scanned() as f64 / 1e9,
+                    summary.estimated_cost_usd()
+                )
+            }
+            Err(e) => e.to_string(),
+        };
+        for m in matches {
+            let Some(signer) = m.chain.last() else { continue };
+            if let Some(e) = timeline_event(&m.raw, collected.chain_of(signer), &location) {
+                collected.add(e);
+            }
+        }
+        searched_logs.extend(collected.keys(&inputs.key));
+        log_reports.insert(
+            location.clone(),
+            SourceReport {
+                kind: "athena".into(),
+                location,
+                covers: format!(
+                    "the trail files in s3://{}/{} for {} in {}, {} to {}",
+                    athena.settings.table.bucket,
+                    athena.settings.table.prefix,
+                    athena.settings.table.accounts.join(", "),
+                    athena.settings.table.regions.join(", "),
+                    rfc3339(inputs.start),
+                    rfc3339(inputs.end)
+                ),
+                status,
+                events: 0,
+            },
+        );
+    }
     for _round in 0..4 {
         let keys = collected.keys(&inputs.key);
         let new_for_logs: Vec<String> = keys.iter().filter(|k| !searched_logs.contains(*k)).cloned().collect();

@@ -187,6 +187,9 @@ pub enum Action {
     SnapshotVolume {
         volume_id: String,
         instance_id: String,
+        /// The instance's region (the event's); none: the region rekey runs in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
     },
     DetachGroupPolicy {
         group: String,

@@ -51,6 +51,8 @@ pub struct IncidentSettings {
     pub read_only: bool,
     pub fence: bool,
     pub cutover: Cutover,
+    /// Query the trail bucket with Athena instead of reading its files.
+    pub athena: Option<crate::athena::AthenaSettings>,
 }
 
 /// What the command line prints and exits with.
@@ -101,6 +103,7 @@ pub async fn run(
 
     // 3. Investigate.
     let history = AwsEventHistory::new(sdk);
+    let athena_client = aws_sdk_athena::Client::new(sdk);
     let trails = AwsTrails::new(sdk);
     let inv = investigate(Inputs {
         key: settings.key.clone(),
@@ -112,6 +115,10 @@ pub async fn run(
         logs: settings.logs,
         open_s3,
         history_rate: 2.0,
+        athena: settings
+            .athena
+            .clone()
+            .map(|settings| super::investigate::AthenaReader { api: &athena_client, settings }),
     })
     .await;
     actions_taken.push(format!(
@@ -277,7 +284,8 @@ pub async fn run(
     // 7. Hunt, report, plan.
     // The hunt reads earlier values (contacts, trust policies) from the events before the window.
     let with_context: Vec<_> = inv.context.iter().chain(&inv.timeline).cloned().collect();
-    let found = hunt::hunt(&iam, &account, &with_context, (settings.start, settings.end), &owner).await;
+    let ec2 = aws_sdk_ec2::Client::new(sdk);
+    let found = hunt::hunt(&iam, &account, &ec2, &with_context, (settings.start, settings.end), &owner).await;
     let mut findings: Vec<Finding> = Vec::new();
     if owner.is_root || who.p1 {
         findings.push(Finding {
