@@ -374,3 +374,485 @@ async fn ecs_secrets_mode_passes_the_conformance_suite() {
     let fixture = ecs_fixture((moto, sdk), "api-secrets", container, None).await;
     timed("ecs (secrets)", &fixture).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// AWS shared credentials file profile
+
+struct ProfileFixture {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    sdk: aws_types::SdkConfig,
+}
+
+const PROFILE_OLD_ID: &str = "AKIAPROFILEOLDKEY001";
+
+#[async_trait]
+impl Fixture for ProfileFixture {
+    fn target(&self) -> Box<dyn Target> {
+        rekey_adapters::build(&spec(&format!("profile:app@{}", self.path.display())), &self.sdk, &options())
+    }
+
+    /// The bytes and the mode of the file.
+    async fn observe(&self) -> Vec<u8> {
+        let mut out = std::fs::read(&self.path).unwrap();
+        let mode = std::fs::metadata(&self.path).unwrap().permissions().mode();
+        out.extend(format!("\nmode {mode:o}").bytes());
+        out
+    }
+
+    fn old_key_id(&self) -> Option<String> {
+        Some(PROFILE_OLD_ID.to_string())
+    }
+
+    /// Every other file in the folder (backups, temp files).
+    async fn residue(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "credentials")
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("credentials");
+    std::fs::write(
+        &path,
+        format!(
+            "# written by aws configure\n[default]\naws_access_key_id = AKIADEFAULTKEY000001\n\
+             aws_secret_access_key = default/secret\n\n[app]\r\nregion=eu-west-1\r\n\
+             aws_access_key_id={PROFILE_OLD_ID}\r\naws_secret_access_key=old/secret+value\r\n\
+             s3 =\r\n  max_concurrent_requests = 4\r\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Building talks to nothing; a credentials file needs no emulator.
+    let sdk = aws_types::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build();
+    timed("profile", &ProfileFixture { dir, path, sdk }).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// exec: a command the user supplies
+
+/// A command that "deploys" the key into a file, and a rollback command that puts the old id back.
+/// The target itself holds no key (`current_key_id` is None), so the suite runs in its keyless mode:
+/// it checks that rollback restores what the fixture observes, in the same process and after a
+/// crash, and that no snapshot carries the secret. That `apply` delivers the key is checked below.
+struct ExecFixture {
+    dir: tempfile::TempDir,
+    sdk: aws_types::SdkConfig,
+}
+
+const EXEC_OLD_ID: &str = "AKIAEXECOLDKEY000001";
+
+impl ExecFixture {
+    fn deployed(&self) -> PathBuf {
+        self.dir.path().join("deployed")
+    }
+
+    /// Built directly rather than through `build`, to hand it the old key id the orchestrator knows
+    /// (`Options` has no field for it yet).
+    fn exec_target(&self, rollback: Option<String>) -> rekey_adapters::exec::ExecTarget {
+        let deployed = self.deployed();
+        let command = format!(
+            "exec:printf '%s\\n' \"$AWS_ACCESS_KEY_ID\" > {d}.tmp && \
+             printf %s \"$AWS_SECRET_ACCESS_KEY\" | wc -c >> {d}.tmp && mv {d}.tmp {d}",
+            d = deployed.display()
+        );
+        let options = Options { restart_cmd: rollback, ..options() };
+        rekey_adapters::exec::ExecTarget::new(&spec(&command), &self.sdk, &options)
+            .with_key_ids(Some(EXEC_OLD_ID.into()), None)
+    }
+
+    fn rollback_cmd(&self) -> String {
+        format!("printf '%s\\n' \"$REKEY_OLD_ACCESS_KEY_ID\" > {}", self.deployed().display())
+    }
+}
+
+#[async_trait]
+impl Fixture for ExecFixture {
+    fn target(&self) -> Box<dyn Target> {
+        Box::new(self.exec_target(Some(self.rollback_cmd())))
+    }
+
+    async fn observe(&self) -> Vec<u8> {
+        std::fs::read(self.deployed()).unwrap()
+    }
+
+    fn old_key_id(&self) -> Option<String> {
+        None
+    }
+
+    async fn residue(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "deployed")
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn exec_fixture() -> ExecFixture {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("deployed"), format!("{EXEC_OLD_ID}\n")).unwrap();
+    let sdk = aws_types::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build();
+    ExecFixture { dir, sdk }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_passes_the_conformance_suite() {
+    let fixture = exec_fixture();
+    timed("exec", &fixture).await;
+}
+
+/// What the keyless suite cannot see: `apply` delivers the key (id and secret through the
+/// environment), and without a rollback command a rollback after `apply` reports what is left
+/// instead of claiming the target restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_delivers_the_key_and_is_honest_without_a_rollback_command() {
+    let fixture = exec_fixture();
+    let key = new_key();
+    let t = fixture.target();
+    let pf = t.preflight().await.unwrap();
+    assert!(pf.warnings.is_empty(), "{:?}", pf.warnings);
+    let snap = t.snapshot().await.unwrap();
+    t.apply(&key, &snap).await.unwrap();
+    let deployed = std::fs::read_to_string(fixture.deployed()).unwrap();
+    assert_eq!(deployed.split_whitespace().collect::<Vec<_>>(), [key.access_key_id.as_str(), "40"]);
+    t.rollback(&snap).await.unwrap();
+    assert_eq!(std::fs::read_to_string(fixture.deployed()).unwrap(), format!("{EXEC_OLD_ID}\n"));
+
+    let bare = fixture.exec_target(None);
+    let pf = bare.preflight().await.unwrap();
+    assert!(pf.warnings.iter().any(|w| w.contains("no --restart-cmd")), "{:?}", pf.warnings);
+    let snap = bare.snapshot().await.unwrap();
+    bare.rollback(&snap).await.expect("nothing ran yet: nothing to undo");
+    bare.apply(&key, &snap).await.unwrap();
+    let e = bare.rollback(&snap).await.unwrap_err();
+    assert!(e.to_string().contains("by hand") && e.to_string().contains(EXEC_OLD_ID), "{e}");
+
+    // The spec path the CLI takes builds the same adapter.
+    let built = rekey_adapters::build(&spec("exec:true ?not=an-option"), &fixture.sdk, &options());
+    assert_eq!(built.current_key_id().await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSM Parameter Store
+
+struct SsmFixture {
+    _moto: Moto,
+    sdk: aws_types::SdkConfig,
+    client: aws_sdk_ssm::Client,
+    spec: String,
+    /// The JSON parameter, or the id parameter then the secret parameter.
+    params: Vec<String>,
+    old_id: String,
+}
+
+impl SsmFixture {
+    async fn history(&self, name: &str) -> Vec<aws_sdk_ssm::types::ParameterHistory> {
+        let out = self
+            .client
+            .get_parameter_history()
+            .name(name)
+            .with_decryption(false)
+            .max_results(50)
+            .send()
+            .await
+            .expect("GetParameterHistory");
+        assert!(out.next_token().is_none(), "the fixture keeps under 50 versions");
+        out.parameters().to_vec()
+    }
+}
+
+#[async_trait]
+impl Fixture for SsmFixture {
+    fn target(&self) -> Box<dyn Target> {
+        rekey_adapters::build(&spec(&self.spec), &self.sdk, &options())
+    }
+
+    /// What consumers get from each parameter (the decrypted value, its type and KMS key), and the
+    /// labels on any version. Version numbers are left out: Parameter Store cannot make an older
+    /// version current again, so a rollback necessarily writes a new one.
+    async fn observe(&self) -> Vec<u8> {
+        let mut view = Vec::new();
+        for name in &self.params {
+            let out = self.client.get_parameter().name(name).with_decryption(true).send().await.expect("GetParameter");
+            let p = out.parameter().expect("parameter");
+            let history = self.history(name).await;
+            let current = history.iter().find(|h| h.version() == p.version()).expect("current version in history");
+            let labels: Vec<String> = history
+                .iter()
+                .filter(|h| !h.labels().is_empty())
+                .map(|h| format!("{}: {}", h.version(), h.labels().join(",")))
+                .collect();
+            view.push(json!({
+                "name": name,
+                "type": p.r#type().map(|t| t.as_str().to_string()),
+                "key_id": current.key_id(),
+                "tier": current.tier().map(|t| t.as_str().to_string()),
+                "value": p.value(),
+                "labels": labels,
+            }));
+        }
+        serde_json::to_vec_pretty(&view).unwrap()
+    }
+
+    fn old_key_id(&self) -> Option<String> {
+        Some(self.old_id.clone())
+    }
+
+    /// A `rekey-*` label left on any version.
+    async fn residue(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for name in &self.params {
+            for h in self.history(name).await {
+                for l in h.labels().iter().filter(|l| l.starts_with("rekey-")) {
+                    left.push(format!("{name} version {} labelled {l}", h.version()));
+                }
+            }
+        }
+        left
+    }
+}
+
+async fn ssm_moto() -> (Moto, testbed::Seeded, aws_types::SdkConfig, aws_sdk_ssm::Client) {
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let sdk = moto.sdk_config(&s.admin);
+    let client = aws_sdk_ssm::Client::new(&sdk);
+    (moto, s, sdk, client)
+}
+
+async fn put_param(client: &aws_sdk_ssm::Client, name: &str, value: &str, kind: aws_sdk_ssm::types::ParameterType) {
+    client.put_parameter().name(name).value(value).r#type(kind).send().await.expect("PutParameter");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssm_json_parameter_passes_the_conformance_suite() {
+    let (moto, s, sdk, client) = ssm_moto().await;
+    let value = json!({
+        "region": "us-east-1",
+        "aws_access_key_id": s.app_key.access_key_id,
+        "aws_secret_access_key": s.app_key.secret_access_key,
+    });
+    let name = "/prod/app/aws";
+    // Two versions before the suite, so the one to restore is not the first.
+    put_param(&client, name, "{}", aws_sdk_ssm::types::ParameterType::SecureString).await;
+    client
+        .put_parameter()
+        .name(name)
+        .value(serde_json::to_string_pretty(&value).unwrap())
+        .overwrite(true)
+        .send()
+        .await
+        .expect("PutParameter");
+    let fixture = SsmFixture {
+        _moto: moto,
+        sdk,
+        client,
+        spec: format!("ssm:{name}"),
+        params: vec![name.to_string()],
+        old_id: s.app_key.access_key_id,
+    };
+    timed("ssm (JSON SecureString)", &fixture).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssm_parameter_pair_passes_the_conformance_suite() {
+    let (moto, s, sdk, client) = ssm_moto().await;
+    let (id_param, secret_param) = ("/prod/app/aws_access_key_id", "/prod/app/aws_secret_access_key");
+    put_param(&client, id_param, &s.app_key.access_key_id, aws_sdk_ssm::types::ParameterType::String).await;
+    put_param(&client, secret_param, &s.app_key.secret_access_key, aws_sdk_ssm::types::ParameterType::SecureString)
+        .await;
+    let fixture = SsmFixture {
+        _moto: moto,
+        sdk,
+        client,
+        spec: format!("ssm:{id_param}?secret-param={secret_param}"),
+        params: vec![id_param.to_string(), secret_param.to_string()],
+        old_id: s.app_key.access_key_id,
+    };
+    timed("ssm (parameter pair)", &fixture).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lambda
+
+const FUNCTION: &str = "app-worker";
+
+struct LambdaFixture {
+    _moto: Moto,
+    sdk: aws_types::SdkConfig,
+    client: aws_sdk_lambda::Client,
+    old_id: String,
+}
+
+#[async_trait]
+impl Fixture for LambdaFixture {
+    fn target(&self) -> Box<dyn Target> {
+        rekey_adapters::build(&spec(&format!("lambda:{FUNCTION}")), &self.sdk, &options())
+    }
+
+    /// The environment of `$LATEST`, sorted, and every published version with its description and
+    /// environment (a backup version that outlives a rollback is a copy of the old secret).
+    async fn observe(&self) -> Vec<u8> {
+        let out = self
+            .client
+            .list_versions_by_function()
+            .function_name(FUNCTION)
+            .send()
+            .await
+            .expect("ListVersionsByFunction");
+        let mut versions = Vec::new();
+        for v in out.versions() {
+            let qualifier = v.version().expect("version");
+            let config = self
+                .client
+                .get_function_configuration()
+                .function_name(FUNCTION)
+                .qualifier(qualifier)
+                .send()
+                .await
+                .expect("GetFunctionConfiguration");
+            let env: std::collections::BTreeMap<String, String> =
+                config.environment().and_then(|e| e.variables()).cloned().unwrap_or_default().into_iter().collect();
+            versions.push(json!({
+                "version": qualifier,
+                "description": config.description(),
+                "environment": env,
+                "last_update_status": config.last_update_status().map(|s| s.as_str().to_string()),
+            }));
+        }
+        serde_json::to_vec_pretty(&versions).unwrap()
+    }
+
+    fn old_key_id(&self) -> Option<String> {
+        Some(self.old_id.clone())
+    }
+
+    /// A backup version left behind.
+    async fn residue(&self) -> Vec<String> {
+        let out = self
+            .client
+            .list_versions_by_function()
+            .function_name(FUNCTION)
+            .send()
+            .await
+            .expect("ListVersionsByFunction");
+        out.versions()
+            .iter()
+            .filter(|v| v.description().is_some_and(|d| d.starts_with("rekey")))
+            .map(|v| format!("version {:?}: {:?}", v.version(), v.description()))
+            .collect()
+    }
+}
+
+/// A zip holding one file, stored uncompressed: enough for CreateFunction.
+fn tiny_zip(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut crc = flate2::Crc::new();
+    crc.update(content);
+    let (crc, size, name_len) = (crc.sum(), content.len() as u32, name.len() as u16);
+    let mut local = Vec::new();
+    local.extend(0x0403_4b50u32.to_le_bytes());
+    local.extend([20u16, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()));
+    local.extend(crc.to_le_bytes());
+    local.extend(size.to_le_bytes());
+    local.extend(size.to_le_bytes());
+    local.extend(name_len.to_le_bytes());
+    local.extend(0u16.to_le_bytes());
+    local.extend(name.as_bytes());
+    local.extend(content);
+    let mut central = Vec::new();
+    central.extend(0x0201_4b50u32.to_le_bytes());
+    central.extend([20u16, 20, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()));
+    central.extend(crc.to_le_bytes());
+    central.extend(size.to_le_bytes());
+    central.extend(size.to_le_bytes());
+    central.extend(name_len.to_le_bytes());
+    central.extend([0u16, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()));
+    central.extend(0u32.to_le_bytes());
+    central.extend(0u32.to_le_bytes());
+    central.extend(name.as_bytes());
+    let mut zip = local.clone();
+    zip.extend(&central);
+    zip.extend(0x0605_4b50u32.to_le_bytes());
+    zip.extend([0u16, 0, 1, 1].iter().flat_map(|v| v.to_le_bytes()));
+    zip.extend((central.len() as u32).to_le_bytes());
+    zip.extend((local.len() as u32).to_le_bytes());
+    zip.extend(0u16.to_le_bytes());
+    zip
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_environment_passes_the_conformance_suite() {
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let sdk = moto.sdk_config(&s.admin);
+    // moto checks that the execution role exists.
+    let role = aws_sdk_iam::Client::new(&sdk)
+        .create_role()
+        .role_name("app-worker-role")
+        .assume_role_policy_document(
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("CreateRole");
+    let role_arn = role.role().expect("role").arn().to_string();
+    let client = aws_sdk_lambda::Client::new(&sdk);
+    let env = aws_sdk_lambda::types::Environment::builder()
+        .variables("REGION", "us-east-1")
+        .variables("AWS_ACCESS_KEY_ID", &s.app_key.access_key_id)
+        .variables("AWS_SECRET_ACCESS_KEY", &s.app_key.secret_access_key)
+        .variables("LOG_LEVEL", "info")
+        .build();
+    let zip = tiny_zip("index.py", b"def handler(event, context):\n    return 'ok'\n");
+    client
+        .create_function()
+        .function_name(FUNCTION)
+        .runtime(aws_sdk_lambda::types::Runtime::Python312)
+        .role(role_arn)
+        .handler("index.handler")
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder().zip_file(aws_sdk_lambda::primitives::Blob::new(zip)).build(),
+        )
+        .environment(env)
+        .send()
+        .await
+        .expect("CreateFunction");
+    // A version the user published, and an alias on $LATEST: the first backup reuses the version
+    // (nothing changed since), so rekey must leave it alone; the alias follows $LATEST and is fine.
+    client.publish_version().function_name(FUNCTION).description("release 1").send().await.expect("PublishVersion");
+    client
+        .create_alias()
+        .function_name(FUNCTION)
+        .name("live")
+        .function_version("$LATEST")
+        .send()
+        .await
+        .expect("CreateAlias");
+    let fixture = LambdaFixture { _moto: moto, sdk, client, old_id: s.app_key.access_key_id };
+    timed("lambda", &fixture).await;
+
+    // An alias on a published version keeps that version's frozen environment: rekey must refuse.
+    fixture
+        .client
+        .create_alias()
+        .function_name(FUNCTION)
+        .name("pinned")
+        .function_version("1")
+        .send()
+        .await
+        .expect("CreateAlias");
+    let e = fixture.target().preflight().await.expect_err("preflight refuses an alias on a version");
+    assert!(e.to_string().contains("pinned -> version 1"), "{e}");
+}

@@ -10,18 +10,19 @@
 //! points at a backup written next to the file, with the same mode, and records its length and hash
 //! to make sure the rollback restores exactly what was captured.
 
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Write};
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions, Permissions};
+use std::io;
 use std::ops::Range;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::file::{RunError, backup_path, fnv1a64, parent, redact, run_sh, sync_dir, write_atomic, write_atomic_with};
 use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError, TargetSpec};
 
 pub struct EnvFileTarget {
@@ -90,38 +91,23 @@ impl EnvFileTarget {
             return Ok(());
         };
         let err = |kind| TargetError::new(&self.file.name, kind);
-        let child = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .env("REKEY_FILE", &snap.path)
-            .env("REKEY_ACTION", action)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            // A timed-out command must not linger holding the app half-restarted.
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| err(ErrorKind::Consumers(format!("cannot start restart command `{cmd}`: {e}"))))?;
-        let output = match tokio::time::timeout(self.restart_timeout, child.wait_with_output()).await {
-            Ok(result) => {
-                result.map_err(|e| err(ErrorKind::Consumers(format!("restart command `{cmd}` failed: {e}"))))?
+        let env = [("REKEY_FILE", snap.path.as_os_str()), ("REKEY_ACTION", OsStr::new(action))];
+        match run_sh(cmd, &env, &[], self.restart_timeout).await {
+            Ok(()) => Ok(()),
+            Err(RunError::Spawn(e)) => {
+                Err(err(ErrorKind::Consumers(format!("cannot start restart command `{cmd}`: {e}"))))
             }
-            Err(_) => {
-                return Err(err(ErrorKind::Timeout {
-                    what: format!("restart command `{cmd}`"),
-                    waited: self.restart_timeout,
-                }));
+            Err(RunError::Wait(e)) => Err(err(ErrorKind::Consumers(format!("restart command `{cmd}` failed: {e}")))),
+            Err(RunError::Timeout) => {
+                Err(err(ErrorKind::Timeout { what: format!("restart command `{cmd}`"), waited: self.restart_timeout }))
             }
-        };
-        if output.status.success() {
-            return Ok(());
+            Err(RunError::Failed { status, last_stderr }) => {
+                // The command may print the file it just read; keep any secret in it out of the error.
+                let secrets = self.known_secrets(snap).await;
+                let last = redact(&last_stderr, secrets.iter().map(|s| s.as_str()));
+                Err(err(ErrorKind::Consumers(format!("restart command `{cmd}` exited with {status}: {last}"))))
+            }
         }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no stderr)");
-        // The command may print the file it just read; keep any secret in it out of the error.
-        let secrets = self.known_secrets(snap).await;
-        let last = redact(last, secrets.iter().map(|s| s.as_str()));
-        Err(err(ErrorKind::Consumers(format!("restart command `{cmd}` exited with {}: {last}", output.status))))
     }
 
     /// The secret values in the file and its backup, to scrub them from command output.
@@ -473,63 +459,6 @@ impl EnvSnapshot {
     fn matches(&self, bytes: &[u8]) -> bool {
         bytes.len() as u64 == self.len && fnv1a64(bytes) == self.fnv1a64
     }
-}
-
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-fn backup_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    parent(path).join(format!(".{name}.rekey-backup"))
-}
-
-fn fnv1a64(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-fn write_atomic(path: &Path, bytes: &[u8], like: &fs::Metadata) -> io::Result<()> {
-    write_atomic_with(path, bytes, like.mode() & 0o7777, like.uid(), like.gid())
-}
-
-/// Replaces `path` so that a reader sees the old bytes or the new ones, and a crash leaves one of
-/// them on disk.
-fn write_atomic_with(path: &Path, bytes: &[u8], mode: u32, uid: u32, gid: u32) -> io::Result<()> {
-    let dir = parent(path);
-    // tempfile creates the file 0600, so the secret is never readable by others while it is written.
-    let mut tmp = tempfile::Builder::new().prefix(".rekey-").suffix(".tmp").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    let mine = tmp.as_file().metadata()?;
-    // Only root can give a file away; as anyone else the new file is simply ours, as before.
-    if mine.uid() == 0 && (mine.uid() != uid || mine.gid() != gid) {
-        std::os::unix::fs::chown(tmp.path(), Some(uid), Some(gid))?;
-    }
-    // After chown, which clears set-id bits.
-    tmp.as_file().set_permissions(Permissions::from_mode(mode))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(path)
-}
-
-/// Makes a rename in the folder durable.
-fn sync_dir(path: &Path) -> io::Result<()> {
-    File::open(parent(path))?.sync_all()
-}
-
-fn redact<'a>(text: &str, secrets: impl Iterator<Item = &'a str>) -> String {
-    let mut out = text.to_string();
-    for s in secrets.filter(|s| s.len() >= 4) {
-        out = out.replace(s, "[redacted]");
-    }
-    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,8 +21,13 @@ use serde::{Deserialize, Serialize};
 
 pub mod ecs;
 pub mod envfile;
+pub mod exec;
+mod file;
+pub mod lambda;
+pub mod profile;
 pub mod secretsmanager;
 mod spec;
+pub mod ssm;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -113,6 +118,10 @@ pub struct Options {
     pub restart_timeout: Duration,
     /// Show progress lines on stderr while waiting.
     pub progress: bool,
+    /// The key being replaced, and the new one once it exists (known on resume from the journal):
+    /// for targets that hand them to commands (`exec:`).
+    pub old_key_id: Option<String>,
+    pub new_key_id: Option<String>,
 }
 
 impl Default for Options {
@@ -123,6 +132,8 @@ impl Default for Options {
             restart_cmd: None,
             restart_timeout: Duration::from_secs(120),
             progress: false,
+            old_key_id: None,
+            new_key_id: None,
         }
     }
 }
@@ -210,5 +221,9 @@ pub fn build(spec: &TargetSpec, sdk: &aws_types::SdkConfig, options: &Options) -
         TargetKind::SecretsManager => Box::new(secretsmanager::SecretsManagerTarget::new(spec, sdk, options)),
         TargetKind::Ecs => Box::new(ecs::EcsTarget::new(spec, sdk, options)),
         TargetKind::Env => Box::new(envfile::EnvFileTarget::new(spec, options)),
+        TargetKind::Ssm => Box::new(ssm::SsmTarget::new(spec, sdk, options)),
+        TargetKind::Lambda => Box::new(lambda::LambdaTarget::new(spec, sdk, options)),
+        TargetKind::Profile => Box::new(profile::ProfileTarget::new(spec, sdk, options)),
+        TargetKind::Exec => Box::new(exec::ExecTarget::new(spec, sdk, options)),
     }
 }

@@ -12,11 +12,22 @@ pub enum TargetKind {
     SecretsManager,
     Ecs,
     Env,
+    Ssm,
+    Lambda,
+    Profile,
+    Exec,
 }
 
 impl TargetKind {
-    const ALL: [(&'static str, TargetKind); 3] =
-        [("secretsmanager", TargetKind::SecretsManager), ("ecs", TargetKind::Ecs), ("env", TargetKind::Env)];
+    const ALL: [(&'static str, TargetKind); 7] = [
+        ("secretsmanager", TargetKind::SecretsManager),
+        ("ecs", TargetKind::Ecs),
+        ("env", TargetKind::Env),
+        ("ssm", TargetKind::Ssm),
+        ("lambda", TargetKind::Lambda),
+        ("profile", TargetKind::Profile),
+        ("exec", TargetKind::Exec),
+    ];
 
     pub fn as_str(self) -> &'static str {
         Self::ALL.iter().find(|(_, k)| *k == self).map(|(s, _)| *s).unwrap_or("?")
@@ -28,6 +39,11 @@ impl TargetKind {
             TargetKind::SecretsManager => &["id-field", "secret-field"],
             TargetKind::Ecs => &["container", "id-field", "secret-field"],
             TargetKind::Env => &["id-field", "secret-field"],
+            TargetKind::Ssm => &["id-field", "secret-field", "secret-param"],
+            TargetKind::Lambda => &["id-field", "secret-field"],
+            TargetKind::Profile => &[],
+            // The whole location is the command: nothing after it is parsed as options.
+            TargetKind::Exec => &[],
         }
     }
 }
@@ -78,8 +94,8 @@ pub struct SpecError {
     pub fix: String,
 }
 
-const FORMS: &str =
-    "use secretsmanager:<secret-id>, ecs:[<cluster>/]<service> or env:<path>, optionally followed by ?option=value";
+const FORMS: &str = "use secretsmanager:<secret-id>, ecs:[<cluster>/]<service>, env:<path>, ssm:<parameter>, \
+     lambda:<function>, profile:<name>[@<file>] or exec:<command>, optionally followed by ?option=value";
 
 impl FromStr for TargetSpec {
     type Err = SpecError;
@@ -94,7 +110,7 @@ impl FromStr for TargetSpec {
             .find(|(name, _)| *name == kind_text)
             .map(|(_, k)| *k)
             .ok_or_else(|| err(format!("unknown kind {kind_text:?}"), FORMS))?;
-        let (location, query) = match rest.split_once('?') {
+        let (location, query) = match rest.split_once('?').filter(|_| kind != TargetKind::Exec) {
             Some((l, q)) => (l, Some(q)),
             None => (rest, None),
         };
