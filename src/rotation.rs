@@ -37,6 +37,11 @@ pub struct Settings {
     pub ecs_timeout: Duration,
     /// Regions whose STS endpoints must accept the new key (empty: the configured region).
     pub verify_regions: Vec<String>,
+    /// End the rotation once the probes pass, with the old key still Active and a user tag
+    /// `<old key id> = rekey-deactivate-after-<rfc3339>` saying when a later `rekey run` may turn it
+    /// off: a scheduled runner does not sit out an hour of grace per user, and the tag is seen by
+    /// whichever runner, on whichever machine, comes next.
+    pub defer_deactivation: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -48,8 +53,19 @@ pub struct TargetSetting {
 /// Builds targets and probes, so that `resume` can rebuild them from the journal and tests can
 /// hand in fakes.
 pub trait Factory: Send + Sync {
-    fn target(&self, spec: &TargetSpec, restart_cmd: Option<&str>, ecs_timeout: Duration) -> Box<dyn Target>;
+    fn target(&self, spec: &TargetSpec, cx: &TargetContext<'_>) -> Box<dyn Target>;
     fn probe(&self, url: &str) -> Result<Box<dyn Probe>, String>;
+}
+
+/// What a target is built with besides its spec.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetContext<'a> {
+    pub restart_cmd: Option<&'a str>,
+    pub ecs_timeout: Duration,
+    /// The key being replaced.
+    pub old_key_id: &'a str,
+    /// The new key, when it already exists (a resumed rotation).
+    pub new_key_id: Option<&'a str>,
 }
 
 /// The side effects a rotation may have.
@@ -61,6 +77,9 @@ pub struct Effects<'a> {
     pub progress: &'a Progress,
     pub state_dir: PathBuf,
 }
+
+/// The value prefix of the user tag, keyed by the old access key id, that defers its deactivation.
+pub const DEACTIVATE_AFTER: &str = "rekey-deactivate-after-";
 
 /// A refusal before anything changed: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +276,13 @@ pub async fn resume(
             .spec
             .parse()
             .map_err(|e: rekey_adapters::SpecError| Refusal(format!("journal {}: {e}", journal.path().display())))?;
-        targets.push(fx.factory.target(&spec, t.restart_cmd.as_deref(), ecs_timeout));
+        let cx = TargetContext {
+            restart_cmd: t.restart_cmd.as_deref(),
+            ecs_timeout,
+            old_key_id: &begin.old_key_id,
+            new_key_id: state.new_key_id.as_deref(),
+        };
+        targets.push(fx.factory.target(&spec, &cx));
     }
     let mut probes = Vec::new();
     for url in &begin.probes {
@@ -377,7 +402,13 @@ async fn preflight(fx: &Effects<'_>, s: &Settings) -> Result<Plan, Refusal> {
     let mut warnings = Vec::new();
     let mut stores: Vec<String> = Vec::new();
     for t in &s.targets {
-        let target = fx.factory.target(&t.spec, t.restart_cmd.as_deref(), s.ecs_timeout);
+        let cx = TargetContext {
+            restart_cmd: t.restart_cmd.as_deref(),
+            ecs_timeout: s.ecs_timeout,
+            old_key_id: &old.id,
+            new_key_id: None,
+        };
+        let target = fx.factory.target(&t.spec, &cx);
         let pre = target.preflight().await.map_err(|e| Refusal(format!("target {e}")))?;
         if let Some(held) = pre.current_key_id.as_deref().filter(|held| *held != old.id) {
             return Err(Refusal(format!(
@@ -511,7 +542,32 @@ impl Run<'_> {
         // The targets hold the secret now; the process no longer needs it.
         drop(key);
 
-        self.finish_forward(s.probe.clone(), s.delete_old, s.grace).await
+        if s.defer_deactivation {
+            self.probe_then_defer(&s.probe, s.grace).await
+        } else {
+            self.finish_forward(s.probe.clone(), s.delete_old, s.grace).await
+        }
+    }
+
+    /// The deferred ending: probe, then leave the old key Active with its deactivation time in a tag.
+    /// Should the process die before the tag is written, `resume` takes the ordinary path and waits
+    /// out the grace period itself, which is slower but just as safe.
+    async fn probe_then_defer(&mut self, probe: &Streak, grace: Duration) -> Result<(), Failure> {
+        let t = Instant::now();
+        self.record(Event::Probe { phase: Phase::Begin })?;
+        self.probe_all(probe, "probe").await?;
+        self.record(Event::Probe { phase: Phase::Done })?;
+        self.step("probe", if self.probes.is_empty() { "skipped" } else { "ok" }, t);
+
+        let t = Instant::now();
+        let (user, old) = (self.user(), self.state().begin.old_key_id.clone());
+        let after = now_rfc3339(self.fx.clock.now() + grace);
+        // Without the tag nothing would ever turn the old key off: roll back rather than leave it.
+        self.fx.iam.tag_key(&user, &old, &format!("{DEACTIVATE_AFTER}{after}")).await.map_err(|e| {
+            Failure::new("defer_deactivation", format!("recording when {old} is to be deactivated: {e}"))
+        })?;
+        self.step("defer_deactivation", "ok", t);
+        Ok(())
     }
 
     async fn snapshot(&mut self, i: usize) -> Result<(), Failure> {
@@ -615,7 +671,13 @@ impl Run<'_> {
                 self.warnings.push(format!("cleanup of {}: {e}", self.targets[i].name()));
             }
         }
-        let old_status = if self.state().delete_old == StepState::Done { None } else { Some(KeyStatus::Inactive) };
+        let old_status = if self.state().delete_old == StepState::Done {
+            None
+        } else if self.state().deactivate == StepState::Done {
+            Some(KeyStatus::Inactive)
+        } else {
+            Some(KeyStatus::Active)
+        };
         let statuses = vec!["updated"; self.targets.len()];
         self.finish_journal(Outcome::Rotated, error, old_status, statuses, Vec::new())
     }
@@ -840,12 +902,16 @@ fn planned_report(s: &Settings, plan: &Plan, preflight: StepReport) -> Report {
         plan_step(format!("apply:{}", t.name()));
     }
     plan_step("probe".into());
-    if !s.grace.is_zero() {
-        plan_step("grace".into());
-    }
-    plan_step("deactivate_old".into());
-    if s.delete_old {
-        plan_step("delete_old".into());
+    if s.defer_deactivation {
+        plan_step("defer_deactivation".into());
+    } else {
+        if !s.grace.is_zero() {
+            plan_step("grace".into());
+        }
+        plan_step("deactivate_old".into());
+        if s.delete_old {
+            plan_step("delete_old".into());
+        }
     }
     Report {
         user: s.user.clone(),

@@ -46,6 +46,7 @@ impl Bed {
             dry_run: false,
             ecs_timeout: Duration::from_secs(900),
             verify_regions: Vec::new(),
+            defer_deactivation: false,
         }
     }
 
@@ -363,4 +364,36 @@ fn replay_effects(bed: &Bed, state: &crate::journal::State) {
         bed.world.target_values.lock().unwrap().insert(i, value);
     }
     bed.world.calls.lock().unwrap().clear();
+}
+
+#[tokio::test]
+async fn a_deferred_deactivation_ends_rotated_with_the_old_key_active_and_tagged() {
+    let bed = Bed::new(&["env:/a"]);
+    let settings = Settings { defer_deactivation: true, grace: Duration::from_secs(3600), ..bed.settings() };
+    let report = bed.run_with(&settings).await.expect("not refused");
+    assert_eq!(report.outcome, "rotated", "{report:?}");
+    assert_eq!(report.old_key_status, Some(Active));
+    let keys = bed.world.keys_of(USER);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|(_, s)| *s == Active), "{keys:?}");
+    assert_eq!(bed.world.value(0), report.new_key_id, "the target holds the new key");
+    let calls = bed.world.calls();
+    assert!(calls.contains(&format!("tag_key {OLD}")), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("set_status")), "{calls:?}");
+    assert!(bed.clock.elapsed() < Duration::from_secs(3600), "the grace period is not waited out here");
+    let names: Vec<_> = report.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names.last(), Some(&"defer_deactivation"));
+    assert!(Journal::list_unfinished(bed.dir.path()).unwrap().is_empty(), "the journal is closed");
+}
+
+#[tokio::test]
+async fn a_deferral_that_cannot_be_recorded_rolls_back() {
+    let bed = Bed::new(&["env:/a"]);
+    let settings = Settings { defer_deactivation: true, ..bed.settings() };
+    // The first tag (the new key's description) may fail harmlessly; the deferral's may not.
+    bed.world.fail(Op::Tag, "denied");
+    let report = bed.run_with(&settings).await.expect("not refused");
+    assert_eq!(report.outcome, "rolled_back", "{report:?}");
+    assert!(report.error.as_deref().unwrap().contains("defer_deactivation"), "{report:?}");
+    bed.assert_rolled_back();
 }

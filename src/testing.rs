@@ -308,12 +308,12 @@ pub struct FakeFactory {
 }
 
 impl Factory for FakeFactory {
-    fn target(&self, spec: &TargetSpec, _restart_cmd: Option<&str>, _ecs_timeout: Duration) -> Box<dyn Target> {
+    fn target(&self, spec: &TargetSpec, _cx: &crate::rotation::TargetContext<'_>) -> Box<dyn Target> {
         let index = self.specs.iter().position(|s| *s == spec.raw).expect("spec registered with the fake factory");
         let (role, stages) = match spec.kind {
             rekey_adapters::TargetKind::Ecs => (Role::Deployer, false),
             rekey_adapters::TargetKind::SecretsManager => (Role::Store, true),
-            rekey_adapters::TargetKind::Env => (Role::Store, false),
+            _ => (Role::Store, false),
         };
         Box::new(FakeTarget { world: self.world.clone(), index, name: spec.raw.clone(), role, stages })
     }

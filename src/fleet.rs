@@ -1,0 +1,868 @@
+//! `rekey plan` and `rekey run`: the rotations of a `rekey.toml`, on a schedule.
+//!
+//! A user is due when it has an Active key older than its `max_age`. `run` takes a lock per
+//! (account, user), looks again under the lock (another runner may just have rotated the user),
+//! finishes the deferred work of earlier runs, then rotates through [`rotation::rotate`], several
+//! users at a time.
+//!
+//! Deferred work is recorded on the IAM user itself, as tags keyed by the access key id (the tag the
+//! console shows as the key's description), so that any runner on any machine sees it:
+//!
+//! - `rekey-deactivate-after-<rfc3339>` on an Active old key: a rotation with a grace period ended
+//!   with both keys Active; once the time has passed, `run` probes, deactivates, probes again;
+//! - `rekey-deactivated-at-<rfc3339>` on an Inactive key: deactivated by rekey at that time; once
+//!   `delete_after` has passed, `run` deletes it.
+//!
+//! Keys without these tags (deactivated by hand, say) are never deleted by `run`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata};
+use rekey_adapters::TargetKind;
+use serde::Serialize;
+
+use crate::cli::AwsFactory;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, Defaults, Rotation};
+use crate::iam::{AwsIam, Iam, KeyInfo, KeyStatus, StsKeyCheck};
+use crate::lock::{Acquired, UserLock};
+use crate::progress::Progress;
+use crate::rotation::{self, DEACTIVATE_AFTER, Effects, Factory, Refusal, Report, Settings, TargetSetting};
+use crate::wait::{Streak, until_streak};
+
+/// Tag value prefix on a key that rekey deactivated, with the time it did.
+pub const DEACTIVATED_AT: &str = "rekey-deactivated-at-";
+
+/// What the command line adds to the config.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub concurrency: usize,
+    pub state_dir: PathBuf,
+    pub verify: Streak,
+    pub probe: Streak,
+    pub ecs_timeout: Duration,
+    /// How long a lock outlives a runner that crashed.
+    pub lock_ttl: Duration,
+    /// This runner, in lock items.
+    pub owner: String,
+}
+
+/// The clients of one account: the one rekey runs in, or one reached through `[[account]]`.
+pub struct Account {
+    pub id: String,
+    iam: AwsIam,
+    raw_iam: aws_sdk_iam::Client,
+    key_check: StsKeyCheck,
+    factory: AwsFactory,
+    /// Journals of other accounts live apart: a user name is unique only within its account.
+    state_dir: PathBuf,
+}
+
+impl Account {
+    fn new(id: String, sdk: &aws_types::SdkConfig, state_dir: PathBuf) -> Account {
+        Account {
+            id,
+            iam: AwsIam::new(sdk),
+            raw_iam: aws_sdk_iam::Client::new(sdk),
+            key_check: StsKeyCheck::new(sdk, &[]),
+            factory: AwsFactory::new(sdk.clone(), false),
+            state_dir,
+        }
+    }
+
+    fn effects<'a>(&'a self, progress: &'a Progress) -> Effects<'a> {
+        Effects {
+            iam: &self.iam,
+            key_check: &self.key_check,
+            clock: &SystemClock,
+            factory: &self.factory,
+            progress,
+            state_dir: self.state_dir.clone(),
+        }
+    }
+}
+
+pub struct Accounts {
+    home: Arc<Account>,
+    others: HashMap<String, Arc<Account>>,
+}
+
+impl Accounts {
+    fn of(&self, r: &Rotation) -> Arc<Account> {
+        match &r.account {
+            Some(id) if *id != self.home.id => self.others.get(id).cloned().unwrap_or_else(|| self.home.clone()),
+            _ => self.home.clone(),
+        }
+    }
+}
+
+/// The clients for every account of the config. Roles are assumed lazily, on first use, so that
+/// an account whose role cannot be assumed fails its own users only.
+pub async fn connect(base: &aws_types::SdkConfig, config: &Config, state_dir: &Path) -> Result<Accounts, String> {
+    // IAM throttles per account; a fleet run makes many calls at once, so retry longer than the
+    // SDK's default 3 attempts (each with its exponential, jittered backoff).
+    let base = base.to_builder().retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8)).build();
+    let caller = AwsIam::new(&base)
+        .caller()
+        .await
+        .map_err(|e| format!("cannot tell who rekey runs as: {e}; check your AWS credentials"))?;
+    let home = Arc::new(Account::new(caller.account.clone(), &base, state_dir.to_path_buf()));
+    let mut others = HashMap::new();
+    for a in config.accounts.iter().filter(|a| a.id != caller.account) {
+        let mut role =
+            aws_config::sts::AssumeRoleProvider::builder(&a.role_arn).session_name("rekey-run").configure(&base);
+        if let Some(x) = &a.external_id {
+            role = role.external_id(x);
+        }
+        let mut sdk = base.to_builder().credentials_provider(SharedCredentialsProvider::new(role.build().await));
+        if let Some(r) = &a.region {
+            sdk = sdk.region(aws_config::Region::new(r.clone()));
+        }
+        let dir = state_dir.join("accounts").join(&a.id);
+        others.insert(a.id.clone(), Arc::new(Account::new(a.id.clone(), &sdk.build(), dir)));
+    }
+    Ok(Accounts { home, others })
+}
+
+/// What the tags say about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    DeactivateAfter(SystemTime),
+    DeactivatedAt(SystemTime),
+}
+
+fn marker(value: &str) -> Option<Marker> {
+    if let Some(t) = value.strip_prefix(DEACTIVATE_AFTER) {
+        return humantime::parse_rfc3339(t).ok().map(Marker::DeactivateAfter);
+    }
+    value.strip_prefix(DEACTIVATED_AT).and_then(|t| humantime::parse_rfc3339(t).ok()).map(Marker::DeactivatedAt)
+}
+
+/// A user's keys and what rekey recorded about them.
+#[derive(Debug, Clone)]
+struct Keys {
+    keys: Vec<KeyInfo>,
+    markers: HashMap<String, Marker>,
+}
+
+async fn read_keys(account: &Account, user: &str) -> Result<Keys, String> {
+    let keys = account.iam.list_keys(user).await.map_err(|e| format!("cannot list the access keys of {user}: {e}"))?;
+    let tags = account.raw_iam.list_user_tags().user_name(user).max_items(100).send().await.map_err(|e| {
+        format!(
+            "cannot list the tags of {user}: {}",
+            e.message().map(str::to_string).unwrap_or_else(|| DisplayErrorContext(&e).to_string())
+        )
+    })?;
+    let markers = tags.tags().iter().filter_map(|t| marker(t.value()).map(|m| (t.key().to_string(), m))).collect();
+    Ok(Keys { keys, markers })
+}
+
+/// Whether a user is due, and why (or why not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Due {
+    key: Option<String>,
+    reason: String,
+}
+
+fn age(created: Option<SystemTime>, now: SystemTime) -> Duration {
+    created.and_then(|c| now.duration_since(c).ok()).unwrap_or(Duration::ZERO)
+}
+
+/// `now` is when the run started: a key created after that (by another runner, say) is never due
+/// in this run, however small `max_age` is.
+fn due(k: &Keys, max_age: Duration, now: SystemTime) -> Due {
+    let pending = k.keys.iter().find(|key| {
+        key.status == KeyStatus::Active && matches!(k.markers.get(&key.id), Some(Marker::DeactivateAfter(_)))
+    });
+    if let Some(p) = pending {
+        return Due {
+            key: None,
+            reason: format!("the replaced key {} is still in its grace period; the next rotation waits for it", p.id),
+        };
+    }
+    let oldest = k.keys.iter().filter(|key| key.status == KeyStatus::Active).max_by_key(|key| age(key.created, now));
+    match oldest {
+        None => Due { key: None, reason: "no Active key".into() },
+        Some(key) => {
+            let a = age(key.created, now);
+            let text = format!("key {} is {} old, max {}", key.id, show(a), show(max_age));
+            if key.created.is_some() && a >= max_age {
+                Due { key: Some(key.id.clone()), reason: text }
+            } else {
+                Due { key: None, reason: text }
+            }
+        }
+    }
+}
+
+/// `97 days`, `5h 3m`, `12s`: the largest units that matter.
+fn show(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        _ if s >= 2 * 86400 => format!("{} days", s / 86400),
+        _ if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ if s >= 60 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{s}s"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Action {
+    Deactivate,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Deferred {
+    key_id: String,
+    action: Action,
+    at: SystemTime,
+}
+
+/// What earlier runs left for later, due or not.
+fn deferred(k: &Keys, delete_after: Option<Duration>) -> Vec<Deferred> {
+    let mut out = Vec::new();
+    for key in &k.keys {
+        match (k.markers.get(&key.id), key.status) {
+            // Inactive with the old tag: a runner died between the two calls; finish the step.
+            (Some(Marker::DeactivateAfter(at)), _) => {
+                out.push(Deferred { key_id: key.id.clone(), action: Action::Deactivate, at: *at })
+            }
+            (Some(Marker::DeactivatedAt(at)), KeyStatus::Inactive) => {
+                if let Some(d) = delete_after {
+                    out.push(Deferred { key_id: key.id.clone(), action: Action::Delete, at: *at + d });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyView {
+    pub id: String,
+    pub status: KeyStatus,
+    pub age_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeferredView {
+    pub key_id: String,
+    pub action: &'static str,
+    pub at: String,
+    pub due: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetView {
+    pub target: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+}
+
+/// One line of `rekey plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanEntry {
+    pub account: String,
+    pub user: String,
+    pub due: bool,
+    pub reason: String,
+    pub old_key_id: Option<String>,
+    pub keys: Vec<KeyView>,
+    /// The targets a rotation would change (only when due).
+    pub targets: Vec<TargetView>,
+    pub deferred: Vec<DeferredView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Deactivate => "deactivate",
+        Action::Delete => "delete",
+    }
+}
+
+/// What `run` would do now; changes nothing.
+pub async fn plan(config: &Config, accounts: &Accounts, opts: &Options) -> Vec<PlanEntry> {
+    let now = SystemTime::now();
+    let progress = Progress::off();
+    let mut out = Vec::new();
+    for r in &config.rotations {
+        let account = accounts.of(r);
+        let mut entry = PlanEntry {
+            account: account.id.clone(),
+            user: r.user.clone(),
+            due: false,
+            reason: String::new(),
+            old_key_id: None,
+            keys: Vec::new(),
+            targets: Vec::new(),
+            deferred: Vec::new(),
+            error: None,
+        };
+        let keys = match read_keys(&account, &r.user).await {
+            Ok(k) => k,
+            Err(e) => {
+                entry.reason = "cannot tell".into();
+                entry.error = Some(e);
+                out.push(entry);
+                continue;
+            }
+        };
+        let d = due(&keys, r.max_age(&config.defaults), now);
+        entry.keys = keys
+            .keys
+            .iter()
+            .map(|k| KeyView {
+                id: k.id.clone(),
+                status: k.status,
+                age_secs: k.created.map(|c| age(Some(c), now).as_secs()),
+            })
+            .collect();
+        entry.deferred = deferred(&keys, r.delete_after(&config.defaults))
+            .into_iter()
+            .map(|x| DeferredView {
+                key_id: x.key_id,
+                action: action_name(x.action),
+                at: rfc3339(x.at),
+                due: x.at <= now,
+            })
+            .collect();
+        entry.due = d.key.is_some();
+        entry.reason = d.reason;
+        entry.old_key_id = d.key.clone();
+        if entry.due {
+            let settings = settings_for(r, &config.defaults, opts, d.key, true);
+            match rotation::rotate(&account.effects(&progress), &settings, std::future::pending()).await {
+                Ok(report) => {
+                    entry.targets = report
+                        .targets
+                        .into_iter()
+                        .map(|t| TargetView { target: t.target, changes: t.changes })
+                        .collect()
+                }
+                Err(Refusal(e)) => entry.error = Some(e),
+            }
+        }
+        out.push(entry);
+    }
+    out
+}
+
+fn settings_for(r: &Rotation, d: &Defaults, opts: &Options, old_key: Option<String>, dry_run: bool) -> Settings {
+    let grace = r.grace(d);
+    Settings {
+        user: r.user.clone(),
+        old_key,
+        targets: r
+            .targets
+            .iter()
+            .map(|spec| TargetSetting {
+                spec: spec.clone(),
+                // The config's restart command belongs to the files the application reads.
+                restart_cmd: r
+                    .restart_cmd
+                    .clone()
+                    .filter(|_| matches!(spec.kind, TargetKind::Env | TargetKind::Profile)),
+            })
+            .collect(),
+        probes: r.probes.clone(),
+        verify: opts.verify.clone(),
+        probe: opts.probe.clone(),
+        grace,
+        // Deletion is `delete_after`'s business, done by a later run.
+        delete_old: false,
+        dry_run,
+        ecs_timeout: opts.ecs_timeout,
+        verify_regions: Vec::new(),
+        defer_deactivation: !grace.is_zero(),
+    }
+}
+
+/// One deferred step carried out by `run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeferredDone {
+    pub key_id: String,
+    pub action: &'static str,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One user's line in the summary of `run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserResult {
+    pub account: String,
+    pub user: String,
+    /// rotated, rolled_back, failed, refused, skipped (locked, interrupted) or not_due.
+    pub outcome: &'static str,
+    pub reason: String,
+    pub old_key_id: Option<String>,
+    pub new_key_id: Option<String>,
+    pub old_key_status: Option<KeyStatus>,
+    /// When the old key will be deactivated, for a rotation with a grace period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deactivate_after: Option<String>,
+    pub deferred: Vec<DeferredDone>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal: Option<PathBuf>,
+}
+
+impl UserResult {
+    fn new(account: &str, user: &str, outcome: &'static str, reason: String) -> UserResult {
+        UserResult {
+            account: account.to_string(),
+            user: user.to_string(),
+            outcome,
+            reason,
+            old_key_id: None,
+            new_key_id: None,
+            old_key_status: None,
+            deactivate_after: None,
+            deferred: Vec::new(),
+            error: None,
+            left: Vec::new(),
+            warnings: Vec::new(),
+            journal: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub rotated: usize,
+    pub rolled_back: usize,
+    pub failed: usize,
+    pub refused: usize,
+    pub skipped: usize,
+    pub not_due: usize,
+    pub deferred_done: usize,
+    pub deferred_failed: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub results: Vec<UserResult>,
+    pub counts: Counts,
+    pub exit_code: i32,
+}
+
+impl Summary {
+    fn new(results: Vec<UserResult>) -> Summary {
+        let mut c = Counts::default();
+        for r in &results {
+            match r.outcome {
+                "rotated" => c.rotated += 1,
+                "rolled_back" => c.rolled_back += 1,
+                "refused" => c.refused += 1,
+                "skipped" => c.skipped += 1,
+                "not_due" => c.not_due += 1,
+                _ => c.failed += 1,
+            }
+            for d in &r.deferred {
+                if d.status == "ok" {
+                    c.deferred_done += 1;
+                } else {
+                    c.deferred_failed += 1;
+                }
+            }
+        }
+        // A refusal is a due key left in place: as much a failure of the schedule as a failed rotation.
+        let exit_code = if c.failed + c.refused + c.deferred_failed > 0 {
+            crate::cli::exit::FAILED
+        } else if c.rolled_back > 0 {
+            crate::cli::exit::ROLLED_BACK
+        } else {
+            crate::cli::exit::OK
+        };
+        Summary { results, counts: c, exit_code }
+    }
+}
+
+/// Rotate every due user, `opts.concurrency` at a time, and finish the deferred work.
+pub async fn run(
+    config: &Config,
+    accounts: Arc<Accounts>,
+    lock: Arc<dyn UserLock>,
+    opts: Options,
+    interrupt: impl Future<Output = ()> + Send + 'static,
+) -> Summary {
+    let started = SystemTime::now();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(async move {
+        interrupt.await;
+        let _ = stop_tx.send(true);
+    });
+    let opts = Arc::new(opts);
+    let limit = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, r) in config.rotations.iter().enumerate() {
+        let (r, defaults, accounts, lock, opts, limit) =
+            (r.clone(), config.defaults.clone(), accounts.clone(), lock.clone(), opts.clone(), limit.clone());
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let account = accounts.of(&r);
+            let Ok(_permit) = limit.acquire_owned().await else {
+                return (i, UserResult::new(&account.id, &r.user, "skipped", "the run was stopped".into()));
+            };
+            if *stop.borrow() {
+                return (i, UserResult::new(&account.id, &r.user, "skipped", "interrupted before it started".into()));
+            }
+            let interrupt = async move {
+                // A dropped sender means no interrupt can come any more.
+                if stop.wait_for(|s| *s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            (i, one_user(&account, lock.as_ref(), &r, &defaults, &opts, started, interrupt).await)
+        });
+    }
+    let mut results: Vec<Option<UserResult>> = vec![None; config.rotations.len()];
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((i, r)) => results[i] = Some(r),
+            Err(e) => tracing::error!("a rotation task ended abnormally: {e}"),
+        }
+    }
+    watcher.abort();
+    let results = results
+        .into_iter()
+        .zip(&config.rotations)
+        .map(|(r, rot)| {
+            r.unwrap_or_else(|| {
+                let mut u = UserResult::new(
+                    rot.account.as_deref().unwrap_or(&accounts.home.id),
+                    &rot.user,
+                    "failed",
+                    "internal error".into(),
+                );
+                u.error = Some("the task rotating this user ended abnormally; run `rekey status`".into());
+                u
+            })
+        })
+        .collect();
+    Summary::new(results)
+}
+
+async fn one_user(
+    account: &Account,
+    lock: &dyn UserLock,
+    r: &Rotation,
+    defaults: &Defaults,
+    opts: &Options,
+    started: SystemTime,
+    interrupt: impl Future<Output = ()>,
+) -> UserResult {
+    let user = r.user.as_str();
+    let guard = match lock.acquire(&account.id, user, &opts.owner, opts.lock_ttl).await {
+        Ok(Acquired::Got(g)) => g,
+        Ok(Acquired::Held(holder)) => return UserResult::new(&account.id, user, "skipped", holder.to_string()),
+        Err(e) => {
+            let mut u = UserResult::new(&account.id, user, "failed", "the lock could not be taken".into());
+            u.error = Some(e.to_string());
+            return u;
+        }
+    };
+    let mut result = locked(account, r, defaults, opts, started, interrupt).await;
+    if let Err(e) = lock.release(guard).await {
+        result.warnings.push(format!("{e}; it expires by itself"));
+    }
+    result
+}
+
+/// Everything done for one user while its lock is held.
+async fn locked(
+    account: &Account,
+    r: &Rotation,
+    defaults: &Defaults,
+    opts: &Options,
+    started: SystemTime,
+    interrupt: impl Future<Output = ()>,
+) -> UserResult {
+    let user = r.user.as_str();
+    let mut keys = match read_keys(account, user).await {
+        Ok(k) => k,
+        Err(e) => {
+            let mut u = UserResult::new(&account.id, user, "failed", "cannot read the user's keys".into());
+            u.error = Some(e);
+            return u;
+        }
+    };
+    let mut done = Vec::new();
+    let now = SystemTime::now();
+    let work: Vec<Deferred> = deferred(&keys, r.delete_after(defaults)).into_iter().filter(|d| d.at <= now).collect();
+    for d in &work {
+        let outcome = match d.action {
+            Action::Deactivate => deactivate(account, r, opts, &d.key_id).await,
+            Action::Delete => delete(account, user, &d.key_id).await,
+        };
+        done.push(DeferredDone {
+            key_id: d.key_id.clone(),
+            action: match d.action {
+                Action::Deactivate => "deactivated",
+                Action::Delete => "deleted",
+            },
+            status: if outcome.is_ok() { "ok" } else { "failed" },
+            error: outcome.err(),
+        });
+    }
+    if !work.is_empty() {
+        match read_keys(account, user).await {
+            Ok(k) => keys = k,
+            Err(e) => {
+                let mut u = UserResult::new(&account.id, user, "failed", "cannot read the user's keys".into());
+                u.error = Some(e);
+                u.deferred = done;
+                return u;
+            }
+        }
+    }
+
+    let d = due(&keys, r.max_age(defaults), started);
+    let Some(old) = d.key.clone() else {
+        let mut u = UserResult::new(&account.id, user, "not_due", d.reason);
+        u.deferred = done;
+        return u;
+    };
+    let settings = settings_for(r, defaults, opts, Some(old.clone()), false);
+    let progress = Progress::off();
+    let fx = account.effects(&progress);
+    let mut u = match rotation::rotate(&fx, &settings, interrupt).await {
+        Ok(report) => from_report(&account.id, d.reason, report),
+        Err(Refusal(e)) => {
+            let mut u = UserResult::new(&account.id, user, "refused", d.reason);
+            u.old_key_id = Some(old.clone());
+            u.error = Some(e);
+            u
+        }
+    };
+    u.deferred = done;
+    if u.outcome == "rotated" {
+        if settings.defer_deactivation {
+            u.deactivate_after = keys_marker_time(account, user, &old).await.map(rfc3339);
+        } else if u.old_key_status == Some(KeyStatus::Inactive) {
+            // Without it, `delete_after` would never know when this key was turned off.
+            if let Err(e) =
+                account.iam.tag_key(user, &old, &format!("{DEACTIVATED_AT}{}", rfc3339(SystemClock.now()))).await
+            {
+                u.warnings.push(format!(
+                    "could not record when {old} was deactivated ({e}); it will not be deleted by `run`"
+                ));
+            }
+        }
+    }
+    u
+}
+
+async fn keys_marker_time(account: &Account, user: &str, key: &str) -> Option<SystemTime> {
+    let k = read_keys(account, user).await.ok()?;
+    match k.markers.get(key) {
+        Some(Marker::DeactivateAfter(t)) => Some(*t),
+        _ => None,
+    }
+}
+
+fn from_report(account: &str, reason: String, r: Report) -> UserResult {
+    let mut u = UserResult::new(account, &r.user, r.outcome, reason);
+    u.old_key_id = r.old_key_id;
+    u.new_key_id = r.new_key_id;
+    u.old_key_status = r.old_key_status;
+    u.error = r.error;
+    u.left = r.left;
+    u.warnings = r.warnings;
+    u.journal = r.journal;
+    u
+}
+
+/// The end of a deferred rotation: the probes must pass before and after the old key goes off, and
+/// a failure after turns it back on, as `rotate` does.
+async fn deactivate(account: &Account, r: &Rotation, opts: &Options, key: &str) -> Result<(), String> {
+    let user = r.user.as_str();
+    let mut probes = Vec::new();
+    for url in &r.probes {
+        probes.push(account.factory.probe(url)?);
+    }
+    let progress = Progress::off();
+    let probe_all = |when: &'static str| {
+        let (probes, progress) = (&probes, &progress);
+        async move {
+            for p in probes {
+                until_streak(&SystemClock, &opts.probe, progress, &format!("probe {}", p.name()), || p.check())
+                    .await
+                    .map_err(|e| format!("{} is not healthy {when}: {e}", p.name()))?;
+            }
+            Ok::<(), String>(())
+        }
+    };
+    probe_all("before the old key is deactivated").await.map_err(|e| format!("{e}; {key} stays Active"))?;
+    account.iam.set_status(user, key, KeyStatus::Inactive).await.map_err(|e| format!("deactivating {key}: {e}"))?;
+    if let Err(e) = probe_all("after the old key was deactivated").await {
+        let back = account.iam.set_status(user, key, KeyStatus::Active).await;
+        return Err(match back {
+            Ok(()) => format!("{e}; {key} was turned back on and will be tried again by the next run"),
+            Err(b) => format!(
+                "{e}; turning {key} back on failed ({b}): run `aws iam update-access-key --user-name {user} --access-key-id {key} --status Active`"
+            ),
+        });
+    }
+    account
+        .iam
+        .tag_key(user, key, &format!("{DEACTIVATED_AT}{}", rfc3339(SystemClock.now())))
+        .await
+        .map_err(|e| format!("{key} is Inactive, but recording when failed ({e}); it will not be deleted by `run`"))
+}
+
+async fn delete(account: &Account, user: &str, key: &str) -> Result<(), String> {
+    match account.iam.delete_key(user, key).await {
+        Ok(()) | Err(crate::iam::IamError::NoSuchKey(_)) => {
+            let _ = account.iam.untag_key(user, key).await;
+            Ok(())
+        }
+        Err(e) => Err(format!("deleting {key}: {e}")),
+    }
+}
+
+pub fn print_plan(entries: &[PlanEntry], json: bool) {
+    if json {
+        let doc = serde_json::json!({ "users": entries });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("plan serializes"));
+        return;
+    }
+    println!("{:<13} {:<32} {:<8} REASON", "ACCOUNT", "USER", "DUE");
+    for e in entries {
+        println!("{:<13} {:<32} {:<8} {}", e.account, e.user, if e.due { "due" } else { "-" }, e.reason);
+        for t in &e.targets {
+            println!("{:>55} {}", "target", t.target);
+            for c in &t.changes {
+                println!("{:>55}   would {c}", "");
+            }
+        }
+        for d in &e.deferred {
+            let when = if d.due { "now".to_string() } else { format!("after {}", d.at) };
+            println!("{:>55} {} {} {when}", "deferred", d.action, d.key_id);
+        }
+        if let Some(err) = &e.error {
+            println!("{:>55} {err}", "problem");
+        }
+    }
+}
+
+pub fn print_summary(s: &Summary, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s).expect("summary serializes"));
+    } else {
+        let key = |k: &Option<String>| k.clone().unwrap_or_else(|| "-".into());
+        for r in &s.results {
+            let what = match r.outcome {
+                "rotated" => {
+                    let old = match (&r.deactivate_after, r.old_key_status) {
+                        (Some(t), _) => format!("old key Active until {t}"),
+                        (None, Some(st)) => format!("old key {st}"),
+                        (None, None) => "old key deleted".into(),
+                    };
+                    format!("{} -> {} ({old})", key(&r.old_key_id), key(&r.new_key_id))
+                }
+                _ => r.reason.clone(),
+            };
+            println!("{:<12} {:<13} {:<32} {what}", r.outcome, r.account, r.user);
+            if let Some(e) = &r.error {
+                println!("{:>12} cause: {e}", "");
+            }
+            for d in &r.deferred {
+                let err = d.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                println!("{:>12} {} {} {}{err}", "", d.action, d.key_id, d.status);
+            }
+            for l in &r.left {
+                println!("{:>12} left to do: {l}", "");
+            }
+        }
+        let c = &s.counts;
+        println!(
+            "{} rotated, {} rolled back, {} failed, {} refused, {} skipped, {} not due; deferred steps: {} done, {} failed",
+            c.rotated, c.rolled_back, c.failed, c.refused, c.skipped, c.not_due, c.deferred_done, c.deferred_failed
+        );
+    }
+    for r in s.results.iter().filter(|r| matches!(r.outcome, "rolled_back" | "failed" | "refused")) {
+        eprintln!("rekey: {} {}: {}", r.outcome, r.user, r.error.as_deref().unwrap_or(&r.reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86400);
+
+    fn keys(list: &[(&str, KeyStatus, u64)], tags: &[(&str, &str)], now: SystemTime) -> Keys {
+        Keys {
+            keys: list
+                .iter()
+                .map(|(id, st, days)| KeyInfo {
+                    id: id.to_string(),
+                    status: *st,
+                    created: Some(now - DAY * *days as u32),
+                })
+                .collect(),
+            markers: tags.iter().filter_map(|(k, v)| marker(v).map(|m| (k.to_string(), m))).collect(),
+        }
+    }
+
+    #[test]
+    fn an_active_key_older_than_max_age_is_due_and_says_why() {
+        let now = SystemTime::now();
+        let d = due(&keys(&[("AKIAOLD", KeyStatus::Active, 97)], &[], now), 90 * DAY, now);
+        assert_eq!(d.key.as_deref(), Some("AKIAOLD"));
+        assert_eq!(d.reason, "key AKIAOLD is 97 days old, max 90 days");
+        let d = due(&keys(&[("AKIANEW", KeyStatus::Active, 3)], &[], now), 90 * DAY, now);
+        assert_eq!(d.key, None);
+        assert!(d.reason.contains("3 days old"), "{}", d.reason);
+        let d = due(&keys(&[("AKIAOFF", KeyStatus::Inactive, 300)], &[], now), 90 * DAY, now);
+        assert_eq!(d.key, None, "Inactive keys are not rotated");
+    }
+
+    #[test]
+    fn a_key_in_its_grace_period_holds_back_the_next_rotation_and_is_deactivated_after() {
+        let now = SystemTime::now();
+        let after = format!("{DEACTIVATE_AFTER}{}", rfc3339(now - DAY));
+        let k =
+            keys(&[("AKIAOLD", KeyStatus::Active, 97), ("AKIANEW", KeyStatus::Active, 1)], &[("AKIAOLD", &after)], now);
+        assert_eq!(due(&k, 90 * DAY, now).key, None);
+        let work = deferred(&k, Some(7 * DAY));
+        assert_eq!(work.len(), 1);
+        assert_eq!((work[0].key_id.as_str(), work[0].action), ("AKIAOLD", Action::Deactivate));
+    }
+
+    #[test]
+    fn only_keys_rekey_deactivated_are_deleted_and_only_after_delete_after() {
+        let now = SystemTime::now();
+        let at = format!("{DEACTIVATED_AT}{}", rfc3339(now - 2 * DAY));
+        let k = keys(
+            &[("AKIAMINE", KeyStatus::Inactive, 97), ("AKIAHAND", KeyStatus::Inactive, 97)],
+            &[("AKIAMINE", &at), ("AKIAHAND", "the old CI key")],
+            now,
+        );
+        let work = deferred(&k, Some(DAY));
+        assert_eq!(work.len(), 1);
+        assert_eq!((work[0].key_id.as_str(), work[0].action), ("AKIAMINE", Action::Delete));
+        assert!(work[0].at <= now);
+        assert!(deferred(&k, None).is_empty(), "no delete_after: kept for a person");
+    }
+}
