@@ -22,6 +22,8 @@ pub mod exit {
     pub const REFUSED: i32 = 2;
     pub const ROLLED_BACK: i32 = 3;
     pub const FAILED: i32 = 4;
+    /// `audit`: something needs action.
+    pub const NEEDS_ACTION: i32 = crate::audit::NEEDS_ACTION;
 }
 
 #[derive(Parser, Debug)]
@@ -73,6 +75,43 @@ enum Command {
     Investigate(InvestigateArgs),
     /// Carry out (or undo) a containment plan written by `incident` or `investigate`.
     Contain(ContainArgs),
+    /// What `run` would do now, from the config: which keys are due and why, what changes. Changes nothing.
+    Plan(PlanArgs),
+    /// Rotate every due key of the config, finish deferred deactivations and deletions, print one summary.
+    Run(RunArgs),
+    /// Read-only posture report: old, unused and doubled keys, keys of humans without MFA, root keys,
+    /// users no [[rotation]] covers. Exits 5 when anything needs action.
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+struct AuditArgs {
+    /// rekey.toml: its max_age, unused_after, rotations and accounts (default: none; 90-day
+    /// defaults, this account only, coverage not judged).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct PlanArgs {
+    /// The rotations: rekey.toml (see the README).
+    #[arg(long, default_value = "./rekey.toml")]
+    config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The rotations: rekey.toml (see the README).
+    #[arg(long, default_value = "./rekey.toml")]
+    config: PathBuf,
+    /// Users rotated at the same time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    concurrency: u32,
+    #[command(flatten)]
+    waits: WaitArgs,
+    /// Bound on an ECS rollout.
+    #[arg(long, value_parser = parse_duration, default_value = "15m")]
+    ecs_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +143,8 @@ struct InvestigateArgs {
     /// Do not look for the account's trails and their log files.
     #[arg(long)]
     no_trails: bool,
+    #[command(flatten)]
+    athena: AthenaArgs,
 }
 
 #[derive(Args, Debug)]
@@ -323,19 +364,27 @@ fn restart_cmds_by_target(m: &ArgMatches, targets: usize) -> Result<Vec<Option<S
     Ok(out)
 }
 
-struct AwsFactory {
+pub(crate) struct AwsFactory {
     sdk: aws_types::SdkConfig,
     progress: bool,
     poll_interval: Duration,
 }
 
+impl AwsFactory {
+    pub(crate) fn new(sdk: aws_types::SdkConfig, progress: bool) -> Self {
+        AwsFactory { sdk, progress, poll_interval: Duration::from_secs(5) }
+    }
+}
+
 impl Factory for AwsFactory {
-    fn target(&self, spec: &TargetSpec, restart_cmd: Option<&str>, ecs_timeout: Duration) -> Box<dyn Target> {
+    fn target(&self, spec: &TargetSpec, cx: &crate::rotation::TargetContext<'_>) -> Box<dyn Target> {
         let options = Options {
-            ecs_timeout,
+            ecs_timeout: cx.ecs_timeout,
             poll_interval: self.poll_interval,
-            restart_cmd: restart_cmd.map(str::to_string),
+            restart_cmd: cx.restart_cmd.map(str::to_string),
             progress: self.progress,
+            old_key_id: Some(cx.old_key_id.to_string()),
+            new_key_id: cx.new_key_id.map(str::to_string),
             ..Options::default()
         };
         rekey_adapters::build(spec, &self.sdk, &options)
@@ -374,7 +423,9 @@ async fn load_sdk(cli: &Cli) -> Result<aws_types::SdkConfig, String> {
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        0 => "rekey=info,rekey_adapters=info,warn",
+        // aws-config warns about every credential and region source it tries (IMDS off EC2, …):
+        // noise unless it fails, and then rekey says what is missing.
+        0 => "rekey=info,rekey_adapters=info,rekey_trail=info,aws_config=error,warn",
         1 => "rekey=debug,rekey_adapters=debug,info",
         _ => "trace",
     };
@@ -482,6 +533,7 @@ pub async fn main() -> i32 {
                 dry_run: args.dry_run,
                 ecs_timeout: args.ecs_timeout,
                 verify_regions: args.waits.verify_regions.clone(),
+                defer_deactivation: false,
             };
             run_with_aws(&cli, state_dir, &settings, json, None).await
         }
@@ -518,6 +570,7 @@ pub async fn main() -> i32 {
                     dry_run: false,
                     ecs_timeout: args.ecs_timeout,
                     verify_regions: args.waits.verify_regions.clone(),
+                    defer_deactivation: false,
                 }))
             };
             incident(&cli, state_dir, &args.investigate, cutover, !args.no_fence, false, json).await
@@ -527,6 +580,9 @@ pub async fn main() -> i32 {
             incident(&cli, state_dir, args, skip, false, true, json).await
         }
         Command::Contain(args) => contain(&cli, args, json).await,
+        Command::Audit(args) => audit(&cli, args, json).await,
+        Command::Plan(args) => fleet(&cli, state_dir, &args.config, None, json).await,
+        Command::Run(args) => fleet(&cli, state_dir, &args.config, Some(args), json).await,
         Command::Resume(args) => {
             let settings = Settings {
                 user: args.user.clone(),
@@ -540,6 +596,7 @@ pub async fn main() -> i32 {
                 dry_run: false,
                 ecs_timeout: Duration::from_secs(900),
                 verify_regions: args.waits.verify_regions.clone(),
+                defer_deactivation: false,
             };
             run_with_aws(&cli, state_dir, &settings, json, Some(args.rollback)).await
         }
@@ -572,6 +629,13 @@ async fn incident(
             Err(e) => return refuse(json, "", &e),
         }
     }
+    let athena = match args.athena.options() {
+        None => None,
+        Some(opts) => match crate::trace::athena_settings(&opts, &args.logs, &sdk).await {
+            Ok(s) => Some(s),
+            Err(e) => return refuse(json, "", &e),
+        },
+    };
     let report_dir = args.report_dir.clone().unwrap_or_else(|| {
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "");
         PathBuf::from(format!("rekey-incident-{}-{stamp}", args.key))
@@ -584,7 +648,7 @@ async fn incident(
         _ => Vec::new(),
     };
     let key_check = StsKeyCheck::new(&sdk, &verify_regions);
-    let factory = AwsFactory { sdk: sdk.clone(), progress: terminal, poll_interval: Duration::from_secs(5) };
+    let factory = AwsFactory::new(sdk.clone(), terminal);
     let fx = Effects {
         iam: &iam,
         key_check: &key_check,
@@ -609,6 +673,7 @@ async fn incident(
         read_only,
         fence,
         cutover,
+        athena,
     };
     match run(&sdk, settings, Some(&fx), &open_s3, interrupted()).await {
         Err(e) => refuse(json, "", &e.0),
@@ -657,6 +722,24 @@ async fn incident(
     }
 }
 
+async fn audit(cli: &Cli, args: &AuditArgs, json: bool) -> i32 {
+    let config = match args.config.as_deref().map(crate::config::Config::load).transpose() {
+        Ok(c) => c,
+        Err(e) => return refuse(json, "", &e.to_string()),
+    };
+    let sdk = match load_sdk(cli).await {
+        Ok(s) => s,
+        Err(e) => return refuse(json, "", &e),
+    };
+    match crate::audit::audit(&sdk, config.as_ref(), std::time::SystemTime::now()).await {
+        Ok(report) => {
+            crate::audit::print(&report, json);
+            crate::audit::exit_code(&report)
+        }
+        Err(e) => refuse(json, "", &e),
+    }
+}
+
 async fn contain(cli: &Cli, args: &ContainArgs, json: bool) -> i32 {
     use crate::incident::contain::{Mode, run};
     let text = match std::fs::read_to_string(&args.plan) {
@@ -693,6 +776,7 @@ async fn contain(cli: &Cli, args: &ContainArgs, json: bool) -> i32 {
     let log = crate::incident::contain::log_path_for(&args.plan);
     let iam = aws_sdk_iam::Client::new(&sdk);
     let account = aws_sdk_account::Client::new(&sdk);
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
     let print = |report: &crate::incident::contain::ContainReport| {
         if json {
             println!("{}", serde_json::to_string_pretty(report).expect("serializes"));
@@ -700,7 +784,7 @@ async fn contain(cli: &Cli, args: &ContainArgs, json: bool) -> i32 {
             print!("{report}");
         }
     };
-    match run(&iam, &account, &plan, mode, &log).await {
+    match run(&iam, &account, &ec2, &plan, mode, &log).await {
         Ok(report) => {
             print(&report);
             exit::OK
@@ -715,6 +799,53 @@ async fn contain(cli: &Cli, args: &ContainArgs, json: bool) -> i32 {
     }
 }
 
+/// `plan` (no `run` args) and `run`: nothing runs unless the config reads cleanly and, with
+/// `[lock]`, the lock table exists.
+async fn fleet(cli: &Cli, state_dir: PathBuf, config: &std::path::Path, run: Option<&RunArgs>, json: bool) -> i32 {
+    use crate::lock::{DynamoDbLock, FileLock, UserLock};
+    let config = match crate::config::Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return refuse(json, "", &e.to_string()),
+    };
+    let sdk = match load_sdk(cli).await {
+        Ok(s) => s,
+        Err(e) => return refuse(json, "", &e),
+    };
+    let accounts = match crate::fleet::connect(&sdk, &config, &state_dir).await {
+        Ok(a) => std::sync::Arc::new(a),
+        Err(e) => return refuse(json, "", &e),
+    };
+    // `plan` only dry-runs, which waits for nothing.
+    let idle = Streak { successes: 1, timeout: Duration::ZERO, interval: Duration::ZERO };
+    let opts = crate::fleet::Options {
+        concurrency: run.map_or(1, |r| r.concurrency as usize),
+        state_dir: state_dir.clone(),
+        verify: run.map_or(idle.clone(), |r| r.waits.verify()),
+        probe: run.map_or(idle, |r| r.waits.probe()),
+        ecs_timeout: run.map_or(Duration::from_secs(900), |r| r.ecs_timeout),
+        lock_ttl: config.lock.as_ref().map_or(Duration::from_secs(30 * 60), |l| l.ttl.0),
+        owner: crate::lock::owner_id(),
+    };
+    if run.is_none() {
+        let entries = crate::fleet::plan(&config, &accounts, &opts).await;
+        crate::fleet::print_plan(&entries, json);
+        return if entries.iter().any(|e| e.error.is_some()) { exit::FAILED } else { exit::OK };
+    }
+    let lock: std::sync::Arc<dyn UserLock> = match &config.lock {
+        Some(l) => {
+            let table = DynamoDbLock::new(&sdk, &l.dynamodb_table);
+            if let Err(e) = table.check_table().await {
+                return refuse(json, "", &e.to_string());
+            }
+            std::sync::Arc::new(table)
+        }
+        None => std::sync::Arc::new(FileLock::new(&state_dir)),
+    };
+    let summary = crate::fleet::run(&config, accounts, lock, opts, interrupted()).await;
+    crate::fleet::print_summary(&summary, json);
+    summary.exit_code
+}
+
 async fn run_with_aws(cli: &Cli, state_dir: PathBuf, settings: &Settings, json: bool, resume: Option<bool>) -> i32 {
     let sdk = match load_sdk(cli).await {
         Ok(s) => s,
@@ -724,7 +855,7 @@ async fn run_with_aws(cli: &Cli, state_dir: PathBuf, settings: &Settings, json: 
     let progress = Progress::new(terminal);
     let iam = AwsIam::new(&sdk);
     let key_check = StsKeyCheck::new(&sdk, &settings.verify_regions);
-    let factory = AwsFactory { sdk: sdk.clone(), progress: terminal, poll_interval: Duration::from_secs(5) };
+    let factory = AwsFactory::new(sdk.clone(), terminal);
     let fx = Effects {
         iam: &iam,
         key_check: &key_check,

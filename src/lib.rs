@@ -6,11 +6,15 @@
 //!   effects, each behind a trait so that tests can drive every step through its failures.
 
 pub mod athena;
+pub mod audit;
 pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod fleet;
 pub mod iam;
 pub mod incident;
 pub mod journal;
+pub mod lock;
 pub mod logs;
 pub mod probe;
 pub mod progress;
