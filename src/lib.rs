@@ -7,6 +7,7 @@
 
 pub mod athena;
 pub mod audit;
+pub mod aws;
 pub mod cli;
 pub mod clock;
 pub mod config;

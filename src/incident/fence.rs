@@ -461,16 +461,7 @@ fn fence_document(sources: &[FenceSource]) -> serde_json::Value {
     })
 }
 
-fn describe<E, R>(err: &aws_sdk_iam::error::SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match err.code() {
-        Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
-        None => aws_sdk_iam::error::DisplayErrorContext(err).to_string(),
-    }
-}
+use crate::aws::error_text as describe;
 
 /// Puts the fence on `user` as the inline policy `rekey-incident-fence` (replacing an earlier one).
 pub async fn apply(iam: &aws_sdk_iam::Client, user: &str, policy: &serde_json::Value) -> Result<(), FenceError> {

@@ -79,16 +79,7 @@ pub async fn own_key_id(sdk: &aws_types::SdkConfig) -> Option<String> {
     Some(creds.access_key_id().to_string())
 }
 
-fn describe<E, R>(err: &aws_sdk_iam::error::SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match err.code() {
-        Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
-        None => aws_sdk_iam::error::DisplayErrorContext(err).to_string(),
-    }
-}
+use crate::aws::error_text as describe;
 
 fn not_found<E, R>(err: &aws_sdk_iam::error::SdkError<E, R>) -> bool
 where

@@ -56,16 +56,7 @@ pub fn role_name(role: &str) -> Option<String> {
     Some(name.to_string()).filter(|n| !n.is_empty())
 }
 
-fn describe<E, R>(err: &aws_sdk_iam::error::SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match err.code() {
-        Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
-        None => aws_sdk_iam::error::DisplayErrorContext(err).to_string(),
-    }
-}
+use crate::aws::error_text as describe;
 
 fn report(kind: &str, name: &str, at: SystemTime, status: String) -> RevokedSessions {
     RevokedSessions {
