@@ -8,8 +8,8 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 use rekey_adapters::{Options, Target, TargetSpec};
 
 use crate::clock::SystemClock;
-use crate::iam::{AwsIam, StsKeyCheck};
-use crate::journal::{Journal, Outcome};
+use crate::iam::{AwsIam, Iam, StsKeyCheck};
+use crate::journal::{Journals, Outcome, SharedJournals};
 use crate::probe::{HttpProbe, Probe};
 use crate::progress::Progress;
 use crate::rotation::{self, Effects, Factory, Refusal, Report, Settings, TargetSetting};
@@ -220,6 +220,17 @@ struct RotateArgs {
     /// Print what would change and change nothing.
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    journal: JournalArgs,
+}
+
+/// Where `rotate`, `resume` and `status` keep journals, when not in the state folder.
+#[derive(Args, Debug, Clone)]
+struct JournalArgs {
+    /// Journal in this DynamoDB table (partition key pk String, sort key sk Number) instead of
+    /// --state-dir, so that another machine or container can `status` and `resume` the rotation.
+    #[arg(long, value_name = "NAME", env = "REKEY_JOURNAL_TABLE")]
+    journal_table: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -254,6 +265,8 @@ struct ResumeArgs {
     rollback: bool,
     #[command(flatten)]
     waits: WaitArgs,
+    #[command(flatten)]
+    journal: JournalArgs,
 }
 
 #[derive(Args, Debug)]
@@ -261,6 +274,8 @@ struct StatusArgs {
     /// Only this user.
     #[arg(long)]
     user: Option<String>,
+    #[command(flatten)]
+    journal: JournalArgs,
 }
 
 #[derive(Args, Debug)]
@@ -479,7 +494,13 @@ pub async fn main() -> i32 {
     };
 
     match &cli.command {
-        Command::Status(args) => status(&state_dir, args.user.as_deref(), json),
+        Command::Status(args) => {
+            let journals = match journals(&cli, state_dir, &args.journal).await {
+                Ok(j) => j,
+                Err(e) => return refuse(json, "", &e),
+            };
+            status(&journals, args.user.as_deref(), json).await
+        }
         Command::Trace(args) => {
             // `text` is every other command's default; asked for by name, it means the human table.
             let named = matches.value_source("output") == Some(clap::parser::ValueSource::CommandLine);
@@ -535,7 +556,7 @@ pub async fn main() -> i32 {
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
             };
-            run_with_aws(&cli, state_dir, &settings, json, None).await
+            run_with_aws(&cli, state_dir, &args.journal, &settings, json, None).await
         }
         Command::Incident(args) => {
             let sub = matches.subcommand_matches("incident").expect("incident matched");
@@ -598,7 +619,7 @@ pub async fn main() -> i32 {
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
             };
-            run_with_aws(&cli, state_dir, &settings, json, Some(args.rollback)).await
+            run_with_aws(&cli, state_dir, &args.journal, &settings, json, Some(args.rollback)).await
         }
     }
 }
@@ -655,7 +676,7 @@ async fn incident(
         clock: &SystemClock,
         factory: &factory,
         progress: &progress,
-        state_dir,
+        journals: Journals::Local(state_dir),
     };
     let open_s3 = |url: &str| -> Result<Box<dyn rekey_trail::Source>, String> {
         crate::logs::LogsSpec::parse(url)?.source(Some(&sdk), &handle)
@@ -846,10 +867,42 @@ async fn fleet(cli: &Cli, state_dir: PathBuf, config: &std::path::Path, run: Opt
     summary.exit_code
 }
 
-async fn run_with_aws(cli: &Cli, state_dir: PathBuf, settings: &Settings, json: bool, resume: Option<bool>) -> i32 {
+/// The journals of `rotate`, `resume` and `status`: the state folder, or with --journal-table the
+/// table's journals of the account rekey runs in.
+async fn journals(cli: &Cli, state_dir: PathBuf, args: &JournalArgs) -> Result<Journals, String> {
+    let Some(table) = &args.journal_table else { return Ok(Journals::Local(state_dir)) };
+    let sdk = load_sdk(cli).await?;
+    shared_journals(&sdk, table).await
+}
+
+async fn shared_journals(sdk: &aws_types::SdkConfig, table: &str) -> Result<Journals, String> {
+    let caller = AwsIam::new(sdk)
+        .caller()
+        .await
+        .map_err(|e| format!("cannot tell who rekey runs as: {e}; check your AWS credentials"))?;
+    let shared = SharedJournals::new(aws_sdk_dynamodb::Client::new(sdk), table, &caller.account);
+    shared.check_table().await?;
+    Ok(Journals::Shared(shared))
+}
+
+async fn run_with_aws(
+    cli: &Cli,
+    state_dir: PathBuf,
+    journal: &JournalArgs,
+    settings: &Settings,
+    json: bool,
+    resume: Option<bool>,
+) -> i32 {
     let sdk = match load_sdk(cli).await {
         Ok(s) => s,
         Err(e) => return refuse(json, &settings.user, &e),
+    };
+    let journals = match &journal.journal_table {
+        None => Journals::Local(state_dir),
+        Some(table) => match shared_journals(&sdk, table).await {
+            Ok(j) => j,
+            Err(e) => return refuse(json, &settings.user, &e),
+        },
     };
     let terminal = std::io::stderr().is_terminal();
     let progress = Progress::new(terminal);
@@ -862,7 +915,7 @@ async fn run_with_aws(cli: &Cli, state_dir: PathBuf, settings: &Settings, json: 
         clock: &SystemClock,
         factory: &factory,
         progress: &progress,
-        state_dir,
+        journals,
     };
     let result = match resume {
         None => rotation::rotate(&fx, settings, interrupted()).await,
@@ -950,8 +1003,8 @@ fn print_report(r: &Report, json: bool) {
     }
 }
 
-fn status(state_dir: &std::path::Path, user: Option<&str>, json: bool) -> i32 {
-    let unfinished = match Journal::list_unfinished(state_dir) {
+async fn status(journals: &Journals, user: Option<&str>, json: bool) -> i32 {
+    let unfinished = match journals.list_unfinished().await {
         Ok(u) => u,
         Err(e) => {
             eprintln!("rekey: {e}");
@@ -977,7 +1030,7 @@ fn status(state_dir: &std::path::Path, user: Option<&str>, json: bool) -> i32 {
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "unfinished": rows })).expect("serializes"));
     } else if rows.is_empty() {
-        println!("no unfinished rotations in {}", state_dir.display());
+        println!("no unfinished rotations in {journals}");
     } else {
         for r in &rows {
             println!(

@@ -14,6 +14,12 @@
 //! [[account]]              # other accounts, reached by assuming a role
 //! id = "111122223333"
 //! role_arn = "arn:aws:iam::111122223333:role/rekey"
+//!
+//! [lock]                   # runners on several machines
+//! dynamodb_table = "rekey-locks"
+//!
+//! [journal]                # journals in DynamoDB too, for runners whose disk does not last
+//! dynamodb_table = "rekey-journals"
 //! ```
 //!
 //! Everything is checked when the file is read — unknown keys, durations, target specs, probe URLs,
@@ -133,6 +139,14 @@ pub struct Lock {
     pub ttl: Dur,
 }
 
+/// Journals in a DynamoDB table (partition key `pk` String, sort key `sk` Number) instead of the
+/// state folder, so that a rotation begun in one container can be resumed from another.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalTable {
+    pub dynamodb_table: String,
+}
+
 fn lock_ttl() -> Dur {
     Dur(Duration::from_secs(30 * 60))
 }
@@ -148,6 +162,8 @@ pub struct Config {
     pub accounts: Vec<Account>,
     #[serde(default)]
     pub lock: Option<Lock>,
+    #[serde(default)]
+    pub journal: Option<JournalTable>,
     /// Where the config was read from, for messages.
     #[serde(skip)]
     pub path: PathBuf,
@@ -219,6 +235,14 @@ impl Config {
                 return Err(err(&r.user, format!("user {} is rotated twice; keep one [[rotation]]", r.user)));
             }
         }
+        // Shared journals without shared locks would let two machines race for one user, and the
+        // loser's rotation would fail at the journal instead of being skipped.
+        if self.journal.is_some() && self.lock.is_none() {
+            return Err(err(
+                "[journal]",
+                "[journal] needs [lock]: runners that share journals must share locks; add [lock] dynamodb_table = \"…\"".into(),
+            ));
+        }
         for a in &self.accounts {
             if !a.role_arn.starts_with(&format!("arn:aws:iam::{}:role/", a.id)) {
                 return Err(err(
@@ -269,6 +293,24 @@ role_arn = "arn:aws:iam::111122223333:role/rekey"
         assert_eq!(c.rotations[0].grace(&c.defaults), Duration::from_secs(3600));
         assert_eq!(c.rotations[0].delete_after(&c.defaults), Some(Duration::from_secs(7 * 86400)));
         assert_eq!(c.accounts[0].id, "111122223333");
+    }
+
+    #[test]
+    fn a_shared_journal_comes_with_a_shared_lock() {
+        let with_both =
+            format!("{GOOD}\n[lock]\ndynamodb_table = \"locks\"\n\n[journal]\ndynamodb_table = \"journals\"\n");
+        let c = Config::parse(&with_both, "rekey.toml").unwrap();
+        assert_eq!(c.journal.unwrap().dynamodb_table, "journals");
+        assert!(Config::parse(GOOD, "rekey.toml").unwrap().journal.is_none(), "the local journal is the default");
+
+        let alone = format!("{GOOD}\n[journal]\ndynamodb_table = \"journals\"\n");
+        let e = Config::parse(&alone, "rekey.toml").unwrap_err().to_string();
+        assert!(e.starts_with("rekey.toml:22:"), "{e}");
+        assert!(e.contains("[journal] needs [lock]"), "{e}");
+
+        let typo = format!("{GOOD}\n[lock]\ndynamodb_table = \"l\"\n[journal]\ntable = \"j\"\n");
+        let e = Config::parse(&typo, "rekey.toml").unwrap_err().to_string();
+        assert!(e.contains("unknown field `table`"), "{e}");
     }
 
     #[test]

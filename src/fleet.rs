@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::SharedCredentialsProvider;
-use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata};
 use rekey_adapters::TargetKind;
 use serde::Serialize;
 
@@ -30,6 +29,7 @@ use crate::cli::AwsFactory;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Defaults, Rotation};
 use crate::iam::{AwsIam, Iam, KeyInfo, KeyStatus, StsKeyCheck};
+use crate::journal::{Journals, SharedJournals};
 use crate::lock::{Acquired, UserLock};
 use crate::progress::Progress;
 use crate::rotation::{self, DEACTIVATE_AFTER, Effects, Factory, Refusal, Report, Settings, TargetSetting};
@@ -60,18 +60,18 @@ pub struct Account {
     key_check: StsKeyCheck,
     factory: AwsFactory,
     /// Journals of other accounts live apart: a user name is unique only within its account.
-    state_dir: PathBuf,
+    journals: Journals,
 }
 
 impl Account {
-    fn new(id: String, sdk: &aws_types::SdkConfig, state_dir: PathBuf) -> Account {
+    fn new(id: String, sdk: &aws_types::SdkConfig, journals: Journals) -> Account {
         Account {
             id,
             iam: AwsIam::new(sdk),
             raw_iam: aws_sdk_iam::Client::new(sdk),
             key_check: StsKeyCheck::new(sdk, &[]),
             factory: AwsFactory::new(sdk.clone(), false),
-            state_dir,
+            journals,
         }
     }
 
@@ -82,7 +82,7 @@ impl Account {
             clock: &SystemClock,
             factory: &self.factory,
             progress,
-            state_dir: self.state_dir.clone(),
+            journals: self.journals.clone(),
         }
     }
 }
@@ -111,7 +111,18 @@ pub async fn connect(base: &aws_types::SdkConfig, config: &Config, state_dir: &P
         .caller()
         .await
         .map_err(|e| format!("cannot tell who rekey runs as: {e}; check your AWS credentials"))?;
-    let home = Arc::new(Account::new(caller.account.clone(), &base, state_dir.to_path_buf()));
+    // A shared journal table lives with the runner, in the home account, whatever account the
+    // user is in: it is reached with the runner's own credentials.
+    let shared = config.journal.as_ref().map(|j| (aws_sdk_dynamodb::Client::new(&base), j.dynamodb_table.clone()));
+    let journals = |id: &str, dir: PathBuf| match &shared {
+        Some((client, table)) => Journals::Shared(SharedJournals::new(client.clone(), table, id)),
+        None => Journals::Local(dir),
+    };
+    if let Some((client, table)) = &shared {
+        SharedJournals::new(client.clone(), table, &caller.account).check_table().await?;
+    }
+    let home =
+        Arc::new(Account::new(caller.account.clone(), &base, journals(&caller.account, state_dir.to_path_buf())));
     let mut others = HashMap::new();
     for a in config.accounts.iter().filter(|a| a.id != caller.account) {
         let mut role =
@@ -124,7 +135,7 @@ pub async fn connect(base: &aws_types::SdkConfig, config: &Config, state_dir: &P
             sdk = sdk.region(aws_config::Region::new(r.clone()));
         }
         let dir = state_dir.join("accounts").join(&a.id);
-        others.insert(a.id.clone(), Arc::new(Account::new(a.id.clone(), &sdk.build(), dir)));
+        others.insert(a.id.clone(), Arc::new(Account::new(a.id.clone(), &sdk.build(), journals(&a.id, dir))));
     }
     Ok(Accounts { home, others })
 }
@@ -152,12 +163,14 @@ struct Keys {
 
 async fn read_keys(account: &Account, user: &str) -> Result<Keys, String> {
     let keys = account.iam.list_keys(user).await.map_err(|e| format!("cannot list the access keys of {user}: {e}"))?;
-    let tags = account.raw_iam.list_user_tags().user_name(user).max_items(100).send().await.map_err(|e| {
-        format!(
-            "cannot list the tags of {user}: {}",
-            e.message().map(str::to_string).unwrap_or_else(|| DisplayErrorContext(&e).to_string())
-        )
-    })?;
+    let tags = account
+        .raw_iam
+        .list_user_tags()
+        .user_name(user)
+        .max_items(100)
+        .send()
+        .await
+        .map_err(|e| format!("cannot list the tags of {user}: {}", crate::aws::error_text(&e)))?;
     let markers = tags.tags().iter().filter_map(|t| marker(t.value()).map(|m| (t.key().to_string(), m))).collect();
     Ok(Keys { keys, markers })
 }

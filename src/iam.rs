@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use aws_credential_types::Credentials;
-use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::types::StatusType;
 use rekey_adapters::NewKey;
 use secrecy::SecretString;
@@ -139,7 +139,7 @@ where
         {
             IamError::AccessDenied(err.message().unwrap_or(code).to_string())
         }
-        _ => IamError::Other(DisplayErrorContext(&err).to_string()),
+        _ => IamError::Other(crate::aws::error_text(&err)),
     }
 }
 
@@ -152,7 +152,7 @@ impl Iam for AwsIam {
     async fn caller(&self) -> Result<Caller, IamError> {
         let out = self.sts.get_caller_identity().send().await.map_err(|e| match e.code() {
             Some(code) => IamError::AccessDenied(format!("{code}: {}", e.message().unwrap_or("no message"))),
-            None => IamError::Other(aws_sdk_sts::error::DisplayErrorContext(&e).to_string()),
+            None => IamError::Other(crate::aws::chain(&e)),
         })?;
         Ok(Caller::from_arn(out.arn().unwrap_or_default(), out.account().unwrap_or_default()))
     }
@@ -271,10 +271,7 @@ impl KeyCheck for StsKeyCheck {
                 Ok(out) => arn = out.arn().unwrap_or_default().to_string(),
                 // Without a code the error is transport-level; its text carries no request data.
                 Err(e) => {
-                    let why = e
-                        .code()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| aws_sdk_sts::error::DisplayErrorContext(&e).to_string());
+                    let why = e.code().map(str::to_string).unwrap_or_else(|| crate::aws::chain(&e));
                     return Err(if self.regional.len() > 1 { format!("{why} in {region}") } else { why });
                 }
             }

@@ -5,6 +5,18 @@
 //! memory and in the targets only. A rotation in progress lives at `active/<user>.jsonl`; creating
 //! that file exclusively is also what stops two rotations of one user on this machine. When the
 //! rotation ends cleanly, the file moves to `history/`.
+//!
+//! The same journal can live in a DynamoDB table instead ([`Journals::Shared`]), for runners in
+//! containers whose disk does not outlive them: any machine can then `status` and `resume` a
+//! rotation another one started. The table (not created by rekey) has the partition key `pk`
+//! (String) and the sort key `sk` (Number); it holds
+//!
+//! - one item per record, `{pk: "journal#<account>/<user>/<rotation id>", sk: <seq>, record: "<the
+//!   JSON line>"}`, put with `attribute_not_exists(sk)` so that two writers can never interleave one
+//!   journal: the slower one fails and stops instead;
+//! - while the rotation is unfinished, a marker `{pk: "active#<account>/<user>", sk: 0, journal:
+//!   "<the records' pk>"}`, put with `attribute_not_exists(pk)` (the exclusion `create_new` gives the
+//!   file) and deleted when the journal is archived. The records stay, as `history/` keeps files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -12,6 +24,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::types::AttributeValue;
 use rekey_adapters::Snapshot;
 use serde::{Deserialize, Serialize};
 
@@ -320,14 +334,311 @@ pub enum JournalError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("journal {path} line {line}: {problem}")]
     Corrupt { path: PathBuf, line: usize, problem: String },
+    #[error("journal {path}: {problem}")]
+    Table { path: PathBuf, problem: String },
 }
 
 pub struct Journal {
+    /// Where the journal is, for messages and reports (a `dynamodb://` address when shared).
     path: PathBuf,
-    file: File,
+    sink: Sink,
     next_seq: u64,
     state: State,
     crash_after: Option<u64>,
+}
+
+enum Sink {
+    File(File),
+    Table { store: SharedJournals, pk: String },
+}
+
+/// Where journals are kept: files under the state folder (the default), or a DynamoDB table.
+#[derive(Clone)]
+pub enum Journals {
+    Local(PathBuf),
+    Shared(SharedJournals),
+}
+
+impl std::fmt::Display for Journals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Journals::Local(dir) => write!(f, "{}", dir.display()),
+            Journals::Shared(s) => write!(f, "the DynamoDB table {} (account {})", s.table, s.account),
+        }
+    }
+}
+
+impl Journals {
+    /// Start the journal of a new rotation; fails if one of the same user is unfinished.
+    pub async fn create(&self, begin: Begin, now: SystemTime) -> Result<Journal, JournalError> {
+        match self {
+            Journals::Local(dir) => Journal::create(dir, begin, now),
+            Journals::Shared(s) => s.create(begin, now).await,
+        }
+    }
+
+    /// The unfinished journal of `user`, to go on appending to it.
+    pub async fn open(&self, user: &str) -> Result<Option<Journal>, JournalError> {
+        match self {
+            Journals::Local(dir) => Journal::open(dir, user),
+            Journals::Shared(s) => s.open(user).await,
+        }
+    }
+
+    /// Where the unfinished journal of `user` is, if there is one.
+    pub async fn unfinished(&self, user: &str) -> Result<Option<PathBuf>, JournalError> {
+        match self {
+            Journals::Local(dir) => Ok(Journal::unfinished_path(dir, user)),
+            Journals::Shared(s) => Ok(s.marker(user).await?.map(|records| s.location(&records))),
+        }
+    }
+
+    /// Every unfinished rotation (of this account, when shared).
+    pub async fn list_unfinished(&self) -> Result<Vec<(PathBuf, State)>, JournalError> {
+        match self {
+            Journals::Local(dir) => Journal::list_unfinished(dir),
+            Journals::Shared(s) => s.list_unfinished().await,
+        }
+    }
+}
+
+/// The journals of one account in a DynamoDB table.
+#[derive(Clone)]
+pub struct SharedJournals {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    /// A user name is unique only within its account.
+    account: String,
+}
+
+fn table_err(path: PathBuf, what: &str) -> impl FnOnce(String) -> JournalError + '_ {
+    move |e| JournalError::Table { path, problem: format!("{what}: {e}") }
+}
+
+impl SharedJournals {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: &str, account: &str) -> Self {
+        SharedJournals { client, table: table.to_string(), account: account.to_string() }
+    }
+
+    /// Fails when the table is missing or has the wrong keys, before any rotation starts.
+    pub async fn check_table(&self) -> Result<(), String> {
+        let out = self.client.describe_table().table_name(&self.table).send().await.map_err(|e| {
+            if e.code() == Some("ResourceNotFoundException") {
+                format!(
+                    "the journal table {} does not exist; create it (partition key pk, type String; sort key sk, type Number)",
+                    self.table
+                )
+            } else {
+                format!("cannot read the journal table {}: {}", self.table, DisplayErrorContext(&e))
+            }
+        })?;
+        let keys: Vec<(String, String)> = out
+            .table()
+            .map(|t| {
+                t.key_schema()
+                    .iter()
+                    .map(|k| (k.attribute_name().to_string(), k.key_type().as_str().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let want = [("pk".to_string(), "HASH".to_string()), ("sk".to_string(), "RANGE".to_string())];
+        if !want.iter().all(|w| keys.contains(w)) {
+            return Err(format!(
+                "the journal table {} does not have the keys rekey needs (partition key pk, type String; sort key sk, type Number)",
+                self.table
+            ));
+        }
+        Ok(())
+    }
+
+    fn marker_pk(&self, user: &str) -> String {
+        format!("active#{}/{user}", self.account)
+    }
+
+    fn location(&self, pk: &str) -> PathBuf {
+        PathBuf::from(format!("dynamodb://{}/{pk}", self.table))
+    }
+
+    /// The records' `pk` of the unfinished journal of `user`, if there is one.
+    async fn marker(&self, user: &str) -> Result<Option<String>, JournalError> {
+        let pk = self.marker_pk(user);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(pk.clone()))
+            .key("sk", AttributeValue::N("0".into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(&e).to_string())
+            .map_err(table_err(self.location(&pk), "reading"))?;
+        Ok(out.item().and_then(|i| i.get("journal")).and_then(|v| v.as_s().ok()).cloned())
+    }
+
+    async fn create(&self, begin: Begin, now: SystemTime) -> Result<Journal, JournalError> {
+        let user = begin.user.clone();
+        let pk = format!("journal#{}/{user}/{}", self.account, begin.rotation_id);
+        let mut journal = Journal {
+            path: self.location(&pk),
+            sink: Sink::Table { store: self.clone(), pk: pk.clone() },
+            next_seq: 1,
+            state: State::new(begin.clone()),
+            crash_after: crash_after_from_env(),
+        };
+        // The first record goes in before the marker, so that a marker always points to a journal
+        // that can be read: records without a marker (a crash in between) are only an orphan.
+        let record = journal.next_record(Event::Begin(begin), now);
+        journal.append(&record).await?;
+        let marker = self.marker_pk(&user);
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", AttributeValue::S(marker.clone()))
+            .item("sk", AttributeValue::N("0".into()))
+            .item("journal", AttributeValue::S(pk))
+            .item("user", AttributeValue::S(user.clone()))
+            .item("account", AttributeValue::S(self.account.clone()))
+            .item("started_at", AttributeValue::S(now_rfc3339(now)))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                let path = match self.marker(&user).await {
+                    Ok(Some(records)) => self.location(&records),
+                    _ => self.location(&marker),
+                };
+                return Err(JournalError::Unfinished { user, path });
+            }
+            Err(e) => return Err(table_err(self.location(&marker), "starting")(DisplayErrorContext(&e).to_string())),
+        }
+        journal.applied(record)?;
+        Ok(journal)
+    }
+
+    async fn open(&self, user: &str) -> Result<Option<Journal>, JournalError> {
+        let Some(pk) = self.marker(user).await? else { return Ok(None) };
+        let (state, next_seq) = self.load(&pk).await?;
+        Ok(Some(Journal {
+            path: self.location(&pk),
+            sink: Sink::Table { store: self.clone(), pk },
+            next_seq,
+            state,
+            crash_after: crash_after_from_env(),
+        }))
+    }
+
+    async fn load(&self, pk: &str) -> Result<(State, u64), JournalError> {
+        let path = self.location(pk);
+        let mut lines = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(pk.to_string()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| DisplayErrorContext(&e).to_string())
+                .map_err(table_err(path.clone(), "reading"))?;
+            for item in out.items() {
+                lines.push(item.get("record").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default());
+            }
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        // A put is all or nothing: no record is ever torn, so every line must parse.
+        fold(&path, &lines, false)
+    }
+
+    async fn list_unfinished(&self) -> Result<Vec<(PathBuf, State)>, JournalError> {
+        let prefix = format!("active#{}/", self.account);
+        let mut journals = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(pk, :p) AND sk = :zero")
+                .expression_attribute_values(":p", AttributeValue::S(prefix.clone()))
+                .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| DisplayErrorContext(&e).to_string())
+                .map_err(table_err(self.location(&prefix), "listing"))?;
+            journals.extend(out.items().iter().filter_map(|i| i.get("journal").and_then(|v| v.as_s().ok()).cloned()));
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        journals.sort();
+        let mut out = Vec::new();
+        for pk in journals {
+            let (state, _) = self.load(&pk).await?;
+            out.push((self.location(&pk), state));
+        }
+        Ok(out)
+    }
+
+    async fn put_record(&self, pk: &str, record: &Record, line: String) -> Result<(), JournalError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", AttributeValue::S(pk.to_string()))
+            .item("sk", AttributeValue::N(record.seq.to_string()))
+            .item("record", AttributeValue::S(line))
+            .condition_expression("attribute_not_exists(sk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(JournalError::Table {
+                path: self.location(pk),
+                problem: format!(
+                    "record {} was already written by another runner: two processes are driving this rotation; let one finish",
+                    record.seq
+                ),
+            }),
+            Err(e) => Err(table_err(self.location(pk), "writing")(DisplayErrorContext(&e).to_string())),
+        }
+    }
+
+    async fn archive(&self, pk: &str, user: &str) -> Result<PathBuf, JournalError> {
+        let marker = self.marker_pk(user);
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(marker.clone()))
+            .key("sk", AttributeValue::N("0".into()))
+            .condition_expression("#j = :j")
+            .expression_attribute_names("#j", "journal")
+            .expression_attribute_values(":j", AttributeValue::S(pk.to_string()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(self.location(pk)),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(JournalError::Table {
+                path: self.location(pk),
+                problem: format!("{marker} no longer points to this journal; it was closed by another runner"),
+            }),
+            Err(e) => Err(table_err(self.location(pk), "archiving")(DisplayErrorContext(&e).to_string())),
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -371,9 +682,18 @@ impl Journal {
         })?;
         // The new file's name must be durable too, or a crash could lose the whole journal.
         File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
-        let mut journal =
-            Journal { path, file, next_seq: 1, state: State::new(begin.clone()), crash_after: crash_after_from_env() };
-        journal.record_at(Event::Begin(begin), now)?;
+        let mut journal = Journal {
+            path,
+            sink: Sink::File(file),
+            next_seq: 1,
+            state: State::new(begin.clone()),
+            crash_after: crash_after_from_env(),
+        };
+        let record = journal.next_record(Event::Begin(begin), now);
+        if let Sink::File(file) = &mut journal.sink {
+            write_line(file, &journal.path, &record)?;
+        }
+        journal.applied(record)?;
         Ok(journal)
     }
 
@@ -385,7 +705,7 @@ impl Journal {
         }
         let (state, next_seq) = Self::load(&path)?;
         let file = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
-        Ok(Some(Journal { path, file, next_seq, state, crash_after: crash_after_from_env() }))
+        Ok(Some(Journal { path, sink: Sink::File(file), next_seq, state, crash_after: crash_after_from_env() }))
     }
 
     /// Read a journal file. A torn last line (the process died mid-write) is ignored: the step it
@@ -393,39 +713,7 @@ impl Journal {
     pub fn load(path: &Path) -> Result<(State, u64), JournalError> {
         let file = File::open(path).map_err(io_err(path))?;
         let lines: Vec<String> = BufReader::new(file).lines().collect::<Result<_, _>>().map_err(io_err(path))?;
-        let mut state: Option<State> = None;
-        let mut next_seq = 1;
-        let last = lines.len();
-        for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let record: Record = match serde_json::from_str(line) {
-                Ok(r) => r,
-                Err(_) if i + 1 == last => break,
-                Err(e) => {
-                    return Err(JournalError::Corrupt { path: path.into(), line: i + 1, problem: e.to_string() });
-                }
-            };
-            next_seq = record.seq + 1;
-            match (&mut state, &record.event) {
-                (None, Event::Begin(b)) => state = Some(State::new(b.clone())),
-                (None, _) => {
-                    return Err(JournalError::Corrupt {
-                        path: path.into(),
-                        line: i + 1,
-                        problem: "does not start with begin".into(),
-                    });
-                }
-                (Some(s), e) => s.apply(e),
-            }
-        }
-        let state = state.ok_or_else(|| JournalError::Corrupt {
-            path: path.into(),
-            line: 1,
-            problem: "empty journal".into(),
-        })?;
-        Ok((state, next_seq))
+        fold(path, &lines, true)
     }
 
     /// Every unfinished rotation under `state_dir`.
@@ -456,16 +744,29 @@ impl Journal {
         &self.path
     }
 
-    pub fn record(&mut self, event: Event) -> Result<(), JournalError> {
-        self.record_at(event, SystemTime::now())
+    pub async fn record(&mut self, event: Event) -> Result<(), JournalError> {
+        let record = self.next_record(event, SystemTime::now());
+        self.append(&record).await?;
+        self.applied(record)
     }
 
-    fn record_at(&mut self, event: Event, now: SystemTime) -> Result<(), JournalError> {
-        let record = Record { seq: self.next_seq, at: now_rfc3339(now), event };
-        let mut line = serde_json::to_string(&record).expect("journal records serialize");
-        line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(io_err(&self.path))?;
-        self.file.sync_data().map_err(io_err(&self.path))?;
+    fn next_record(&self, event: Event, now: SystemTime) -> Record {
+        Record { seq: self.next_seq, at: now_rfc3339(now), event }
+    }
+
+    /// Make the record durable.
+    async fn append(&mut self, record: &Record) -> Result<(), JournalError> {
+        match &mut self.sink {
+            Sink::File(file) => write_line(file, &self.path, record),
+            Sink::Table { store, pk } => {
+                let line = serde_json::to_string(record).expect("journal records serialize");
+                store.put_record(pk, record, line).await
+            }
+        }
+    }
+
+    /// The record is durable: fold it in, and honour the crash hook.
+    fn applied(&mut self, record: Record) -> Result<(), JournalError> {
         self.state.apply(&record.event);
         self.next_seq += 1;
         if self.crash_after == Some(record.seq) {
@@ -475,8 +776,12 @@ impl Journal {
         Ok(())
     }
 
-    /// Move the finished journal to `history/`, where `rekey status` no longer lists it.
-    pub fn archive(self) -> Result<PathBuf, JournalError> {
+    /// Move the finished journal to `history/` (or drop its marker from the table), where
+    /// `rekey status` no longer lists it.
+    pub async fn archive(self) -> Result<PathBuf, JournalError> {
+        if let Sink::Table { store, pk } = &self.sink {
+            return store.archive(pk, &self.state.begin.user).await;
+        }
         let state_dir = self.path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
         let history = state_dir.join("history");
         make_private_dir(&history)?;
@@ -488,6 +793,49 @@ impl Journal {
         }
         Ok(to)
     }
+}
+
+fn write_line(file: &mut File, path: &Path, record: &Record) -> Result<(), JournalError> {
+    let mut line = serde_json::to_string(record).expect("journal records serialize");
+    line.push('\n');
+    file.write_all(line.as_bytes()).map_err(io_err(path))?;
+    file.sync_data().map_err(io_err(path))
+}
+
+/// Fold journal lines into the state and the next sequence number. With `torn_tail`, an
+/// unparseable last line (the process died mid-write) is ignored: the step it recorded is then
+/// treated as not started, which every step tolerates.
+fn fold(path: &Path, lines: &[String], torn_tail: bool) -> Result<(State, u64), JournalError> {
+    let mut state: Option<State> = None;
+    let mut next_seq = 1;
+    let last = lines.len();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: Record = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(_) if torn_tail && i + 1 == last => break,
+            Err(e) => {
+                return Err(JournalError::Corrupt { path: path.into(), line: i + 1, problem: e.to_string() });
+            }
+        };
+        next_seq = record.seq + 1;
+        match (&mut state, &record.event) {
+            (None, Event::Begin(b)) => state = Some(State::new(b.clone())),
+            (None, _) => {
+                return Err(JournalError::Corrupt {
+                    path: path.into(),
+                    line: i + 1,
+                    problem: "does not start with begin".into(),
+                });
+            }
+            (Some(s), e) => s.apply(e),
+        }
+    }
+    let state =
+        state.ok_or_else(|| JournalError::Corrupt { path: path.into(), line: 1, problem: "empty journal".into() })?;
+    Ok((state, next_seq))
 }
 
 fn crash_after_from_env() -> Option<u64> {
@@ -514,13 +862,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn records_fold_into_state_and_survive_a_torn_last_line() {
+    #[tokio::test]
+    async fn records_fold_into_state_and_survive_a_torn_last_line() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::create(dir.path(), begin(), SystemTime::now()).unwrap();
-        j.record(Event::CreateKey { phase: Phase::Begin, key_id: None }).unwrap();
-        j.record(Event::CreateKey { phase: Phase::Done, key_id: Some("AKIANEW".into()) }).unwrap();
-        j.record(Event::Apply { target: 0, phase: Phase::Begin }).unwrap();
+        j.record(Event::CreateKey { phase: Phase::Begin, key_id: None }).await.unwrap();
+        j.record(Event::CreateKey { phase: Phase::Done, key_id: Some("AKIANEW".into()) }).await.unwrap();
+        j.record(Event::Apply { target: 0, phase: Phase::Begin }).await.unwrap();
         let path = j.path().to_path_buf();
         drop(j);
         // A crash in the middle of a write leaves half a line.
@@ -533,14 +881,14 @@ mod tests {
         assert_eq!(j.state().last_step(), "push to env:/x");
     }
 
-    #[test]
-    fn a_second_rotation_of_the_same_user_is_refused_until_archived() {
+    #[tokio::test]
+    async fn a_second_rotation_of_the_same_user_is_refused_until_archived() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(dir.path(), begin(), SystemTime::now()).unwrap();
         let err = Journal::create(dir.path(), begin(), SystemTime::now()).err().unwrap();
         assert!(err.to_string().contains("rekey resume --user app"), "{err}");
         assert_eq!(Journal::list_unfinished(dir.path()).unwrap().len(), 1);
-        let archived = j.archive().unwrap();
+        let archived = j.archive().await.unwrap();
         assert!(archived.starts_with(dir.path().join("history")));
         assert!(Journal::list_unfinished(dir.path()).unwrap().is_empty());
         Journal::create(dir.path(), begin(), SystemTime::now()).unwrap();

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::clock::Clock;
 use crate::iam::{Iam, IamError, KeyCheck, KeyStatus};
 use crate::journal::{
-    Begin, Event, Journal, JournalError, Outcome, Phase, State, StepState, TargetRecord, now_rfc3339,
+    Begin, Event, Journal, JournalError, Journals, Outcome, Phase, State, StepState, TargetRecord, now_rfc3339,
 };
 use crate::probe::Probe;
 use crate::progress::Progress;
@@ -75,7 +75,8 @@ pub struct Effects<'a> {
     pub clock: &'a dyn Clock,
     pub factory: &'a dyn Factory,
     pub progress: &'a Progress,
-    pub state_dir: PathBuf,
+    /// Where the rotation is journaled.
+    pub journals: Journals,
 }
 
 /// The value prefix of the user tag, keyed by the old access key id, that defers its deactivation.
@@ -232,7 +233,7 @@ pub async fn rotate(
         grace_secs: settings.grace.as_secs(),
         ecs_timeout_secs: settings.ecs_timeout.as_secs(),
     };
-    let journal = Journal::create(&fx.state_dir, begin, fx.clock.now())?;
+    let journal = fx.journals.create(begin, fx.clock.now()).await?;
     let mut run = Run {
         fx,
         journal,
@@ -261,11 +262,8 @@ pub async fn resume(
     settings: &Settings,
     interrupt: impl Future<Output = ()>,
 ) -> Result<Report, Refusal> {
-    let Some(journal) = Journal::open(&fx.state_dir, user)? else {
-        return Err(Refusal(format!(
-            "no unfinished rotation of {user} in {}; `rekey status` lists them",
-            fx.state_dir.display()
-        )));
+    let Some(journal) = fx.journals.open(user).await? else {
+        return Err(Refusal(format!("no unfinished rotation of {user} in {}; `rekey status` lists them", fx.journals)));
     };
     let state = journal.state().clone();
     let begin = &state.begin;
@@ -327,7 +325,7 @@ pub async fn resume(
 
 async fn preflight(fx: &Effects<'_>, s: &Settings) -> Result<Plan, Refusal> {
     let user = &s.user;
-    if let Some(path) = Journal::unfinished_path(&fx.state_dir, user) {
+    if let Some(path) = fx.journals.unfinished(user).await? {
         return Err(JournalError::Unfinished { user: user.clone(), path }.into());
     }
     if s.targets.is_empty() {
@@ -457,8 +455,8 @@ async fn preflight(fx: &Effects<'_>, s: &Settings) -> Result<Plan, Refusal> {
 }
 
 impl Run<'_> {
-    fn record(&mut self, event: Event) -> Result<(), Failure> {
-        Ok(self.journal.record(event)?)
+    async fn record(&mut self, event: Event) -> Result<(), Failure> {
+        Ok(self.journal.record(event).await?)
     }
 
     fn state(&self) -> &State {
@@ -480,20 +478,20 @@ impl Run<'_> {
 
         if let Some(k) = free_slot {
             let t = Instant::now();
-            self.record(Event::FreeSlot { key_id: k.into(), phase: Phase::Begin })?;
+            self.record(Event::FreeSlot { key_id: k.into(), phase: Phase::Begin }).await?;
             iam.delete_key(&user, k)
                 .await
                 .map_err(|e| Failure::new("free_slot", format!("deleting the Inactive key {k}: {e}")))?;
             let _ = iam.untag_key(&user, k).await;
-            self.record(Event::FreeSlot { key_id: k.into(), phase: Phase::Done })?;
+            self.record(Event::FreeSlot { key_id: k.into(), phase: Phase::Done }).await?;
             self.step("free_slot", "ok", t);
         }
 
         // Create the key. From here on, every failure rolls back.
         let t = Instant::now();
-        self.record(Event::CreateKey { phase: Phase::Begin, key_id: None })?;
+        self.record(Event::CreateKey { phase: Phase::Begin, key_id: None }).await?;
         let key = iam.create_key(&user).await.map_err(|e| Failure::new("create_key", e))?;
-        self.record(Event::CreateKey { phase: Phase::Done, key_id: Some(key.access_key_id.clone()) })?;
+        self.record(Event::CreateKey { phase: Phase::Done, key_id: Some(key.access_key_id.clone()) }).await?;
         // Compact, like a console key description; the rotation id is the creation time.
         let description = format!("rekey-rotation-{}", self.state().begin.rotation_id);
         if let Err(e) = iam.tag_key(&user, &key.access_key_id, &description).await {
@@ -505,13 +503,13 @@ impl Run<'_> {
         // Put the secret somewhere durable before anything else can fail.
         self.snapshot(0).await?;
         let snapshot = self.state().snapshots[0].clone().expect("snapshot 0 was just journaled");
-        self.record(Event::Stage { target: 0, phase: Phase::Begin })?;
+        self.record(Event::Stage { target: 0, phase: Phase::Begin }).await?;
         let staged = self.targets[0].stage(&key, &snapshot).await.map_err(|e| Failure::new("stage", e))?;
-        self.record(Event::Stage { target: 0, phase: if staged { Phase::Done } else { Phase::Failed } })?;
+        self.record(Event::Stage { target: 0, phase: if staged { Phase::Done } else { Phase::Failed } }).await?;
 
         // Wait until the key works, several times in a row.
         let t = Instant::now();
-        self.record(Event::Verify { phase: Phase::Begin })?;
+        self.record(Event::Verify { phase: Phase::Begin }).await?;
         let check = self.fx.key_check;
         until_streak(clock, &s.verify, self.fx.progress, &format!("new key {}", key.access_key_id), || async {
             check.check(&key).await.map(|_| ())
@@ -519,7 +517,7 @@ impl Run<'_> {
         .await
         .map_err(|e| Failure::new("verify_key", format!("the new key {} never worked: {e}", key.access_key_id)))?;
         self.fx.progress.done();
-        self.record(Event::Verify { phase: Phase::Done })?;
+        self.record(Event::Verify { phase: Phase::Done }).await?;
         self.step("verify_key", "ok", t);
 
         // Push to every target, in the order given.
@@ -530,13 +528,13 @@ impl Run<'_> {
                 self.snapshot(i).await?;
             }
             let snapshot = self.state().snapshots[i].clone().expect("snapshot journaled");
-            self.record(Event::Apply { target: i, phase: Phase::Begin })?;
+            self.record(Event::Apply { target: i, phase: Phase::Begin }).await?;
             self.targets[i].apply(&key, &snapshot).await.map_err(|e| Failure::new(&name, e))?;
-            self.record(Event::Apply { target: i, phase: Phase::Done })?;
-            self.record(Event::Consumers { target: i, phase: Phase::Begin })?;
+            self.record(Event::Apply { target: i, phase: Phase::Done }).await?;
+            self.record(Event::Consumers { target: i, phase: Phase::Begin }).await?;
             self.targets[i].wait_consumers(&snapshot).await.map_err(|e| Failure::new(&name, e))?;
             self.fx.progress.done();
-            self.record(Event::Consumers { target: i, phase: Phase::Done })?;
+            self.record(Event::Consumers { target: i, phase: Phase::Done }).await?;
             self.step(name, "ok", t);
         }
         // The targets hold the secret now; the process no longer needs it.
@@ -554,9 +552,9 @@ impl Run<'_> {
     /// out the grace period itself, which is slower but just as safe.
     async fn probe_then_defer(&mut self, probe: &Streak, grace: Duration) -> Result<(), Failure> {
         let t = Instant::now();
-        self.record(Event::Probe { phase: Phase::Begin })?;
+        self.record(Event::Probe { phase: Phase::Begin }).await?;
         self.probe_all(probe, "probe").await?;
-        self.record(Event::Probe { phase: Phase::Done })?;
+        self.record(Event::Probe { phase: Phase::Done }).await?;
         self.step("probe", if self.probes.is_empty() { "skipped" } else { "ok" }, t);
 
         let t = Instant::now();
@@ -573,7 +571,7 @@ impl Run<'_> {
     async fn snapshot(&mut self, i: usize) -> Result<(), Failure> {
         let name = self.targets[i].name().to_string();
         let snapshot = self.targets[i].snapshot().await.map_err(|e| Failure::new(format!("apply:{name}"), e))?;
-        self.record(Event::Snapshot { target: i, snapshot })
+        self.record(Event::Snapshot { target: i, snapshot }).await
     }
 
     /// Probe, wait out the grace period, deactivate the old key: the part of the forward path that
@@ -581,9 +579,9 @@ impl Run<'_> {
     async fn finish_forward(&mut self, probe: Streak, delete_old: bool, grace: Duration) -> Result<(), Failure> {
         if self.state().probe != StepState::Done {
             let t = Instant::now();
-            self.record(Event::Probe { phase: Phase::Begin })?;
+            self.record(Event::Probe { phase: Phase::Begin }).await?;
             self.probe_all(&probe, "probe").await?;
-            self.record(Event::Probe { phase: Phase::Done })?;
+            self.record(Event::Probe { phase: Phase::Done }).await?;
             self.step("probe", if self.probes.is_empty() { "skipped" } else { "ok" }, t);
         }
 
@@ -595,33 +593,33 @@ impl Run<'_> {
         if let Some(until) = until.filter(|_| self.state().grace != StepState::Done) {
             let t = Instant::now();
             if self.state().grace == StepState::NotStarted {
-                self.record(Event::Grace { phase: Phase::Begin, until: Some(now_rfc3339(until)) })?;
+                self.record(Event::Grace { phase: Phase::Begin, until: Some(now_rfc3339(until)) }).await?;
             }
             tracing::info!("grace period: the old key stays Active until {}", now_rfc3339(until));
             self.fx.progress.update(&format!("grace period until {}", now_rfc3339(until)));
             self.fx.clock.sleep(self.fx.clock.until(until)).await;
             self.fx.progress.done();
-            self.record(Event::Grace { phase: Phase::Done, until: None })?;
+            self.record(Event::Grace { phase: Phase::Done, until: None }).await?;
             self.step("grace", "ok", t);
         }
 
         let t = Instant::now();
         let (user, old) = (self.user(), self.state().begin.old_key_id.clone());
-        self.record(Event::Deactivate { key_id: old.clone(), phase: Phase::Begin })?;
+        self.record(Event::Deactivate { key_id: old.clone(), phase: Phase::Begin }).await?;
         self.fx
             .iam
             .set_status(&user, &old, KeyStatus::Inactive)
             .await
             .map_err(|e| Failure::new("deactivate_old", format!("deactivating {old}: {e}")))?;
-        self.record(Event::Deactivate { key_id: old.clone(), phase: Phase::Done })?;
+        self.record(Event::Deactivate { key_id: old.clone(), phase: Phase::Done }).await?;
         self.step("deactivate_old", "ok", t);
 
         // A consumer that still used the old key breaks now; turning the key back on is instant.
         if !self.probes.is_empty() {
             let t = Instant::now();
-            self.record(Event::ProbeAfter { phase: Phase::Begin })?;
+            self.record(Event::ProbeAfter { phase: Phase::Begin }).await?;
             self.probe_all(&probe, "probe_after_deactivation").await?;
-            self.record(Event::ProbeAfter { phase: Phase::Done })?;
+            self.record(Event::ProbeAfter { phase: Phase::Done }).await?;
             self.step("probe_after_deactivation", "ok", t);
         }
         self.after_deactivation(delete_old).await
@@ -633,16 +631,16 @@ impl Run<'_> {
         }
         let t = Instant::now();
         let (user, old) = (self.user(), self.state().begin.old_key_id.clone());
-        self.record(Event::DeleteOld { key_id: old.clone(), phase: Phase::Begin })?;
+        self.record(Event::DeleteOld { key_id: old.clone(), phase: Phase::Begin }).await?;
         match self.fx.iam.delete_key(&user, &old).await {
             Ok(()) | Err(IamError::NoSuchKey(_)) => {
                 let _ = self.fx.iam.untag_key(&user, &old).await;
-                self.record(Event::DeleteOld { key_id: old, phase: Phase::Done })?;
+                self.record(Event::DeleteOld { key_id: old, phase: Phase::Done }).await?;
                 self.step("delete_old", "ok", t);
             }
             // The rotation itself succeeded; a key left Inactive is safe and easy to delete later.
             Err(e) => {
-                self.record(Event::DeleteOld { key_id: old.clone(), phase: Phase::Failed })?;
+                self.record(Event::DeleteOld { key_id: old.clone(), phase: Phase::Failed }).await?;
                 self.step("delete_old", "failed", t);
                 self.warnings.push(format!("could not delete the old key {old} ({e}); it is Inactive: delete it with `aws iam delete-access-key --user-name {user} --access-key-id {old}`"));
             }
@@ -679,7 +677,7 @@ impl Run<'_> {
             Some(KeyStatus::Active)
         };
         let statuses = vec!["updated"; self.targets.len()];
-        self.finish_journal(Outcome::Rotated, error, old_status, statuses, Vec::new())
+        self.finish_journal(Outcome::Rotated, error, old_status, statuses, Vec::new()).await
     }
 
     /// Undo everything the journal says was done. Targets first (stores, then deployers that
@@ -693,7 +691,7 @@ impl Run<'_> {
         }
         let mut left = Vec::new();
         if self.state().rollback_reason.is_none()
-            && let Err(e) = self.record(Event::RollbackStart { reason: reason.clone() })
+            && let Err(e) = self.record(Event::RollbackStart { reason: reason.clone() }).await
         {
             left.push(format!(
                 "the journal could not be written ({}); check {}",
@@ -713,10 +711,10 @@ impl Run<'_> {
             let Some(snapshot) = self.state().snapshots[i].clone() else { continue };
             let t = Instant::now();
             let name = format!("rollback:{}", self.targets[i].name());
-            let _ = self.record(Event::Restore { target: i, phase: Phase::Begin, error: None });
+            let _ = self.record(Event::Restore { target: i, phase: Phase::Begin, error: None }).await;
             match self.targets[i].rollback(&snapshot).await {
                 Ok(()) => {
-                    let _ = self.record(Event::Restore { target: i, phase: Phase::Done, error: None });
+                    let _ = self.record(Event::Restore { target: i, phase: Phase::Done, error: None }).await;
                     statuses[i] = "restored";
                     self.step(name, "ok", t);
                     if let Err(e) = self.targets[i].finish(&snapshot).await {
@@ -724,7 +722,9 @@ impl Run<'_> {
                     }
                 }
                 Err(e) => {
-                    let _ = self.record(Event::Restore { target: i, phase: Phase::Failed, error: Some(e.to_string()) });
+                    let _ = self
+                        .record(Event::Restore { target: i, phase: Phase::Failed, error: Some(e.to_string()) })
+                        .await;
                     statuses[i] = "restore_failed";
                     self.step(name, "failed", t);
                     left.push(format!(
@@ -740,10 +740,10 @@ impl Run<'_> {
         let old = self.state().begin.old_key_id.clone();
         if self.state().deactivate.started() && self.state().delete_old != StepState::Done {
             let t = Instant::now();
-            let _ = self.record(Event::Reactivate { key_id: old.clone(), phase: Phase::Begin });
+            let _ = self.record(Event::Reactivate { key_id: old.clone(), phase: Phase::Begin }).await;
             match self.fx.iam.set_status(&user, &old, KeyStatus::Active).await {
                 Ok(()) => {
-                    let _ = self.record(Event::Reactivate { key_id: old.clone(), phase: Phase::Done });
+                    let _ = self.record(Event::Reactivate { key_id: old.clone(), phase: Phase::Done }).await;
                     self.step("reactivate_old", "ok", t);
                 }
                 Err(e) => {
@@ -758,11 +758,11 @@ impl Run<'_> {
         if left.is_empty() {
             for key in self.keys_to_delete(&user).await {
                 let t = Instant::now();
-                let _ = self.record(Event::DeleteNewKey { key_id: key.clone(), phase: Phase::Begin });
+                let _ = self.record(Event::DeleteNewKey { key_id: key.clone(), phase: Phase::Begin }).await;
                 match self.fx.iam.delete_key(&user, &key).await {
                     Ok(()) | Err(IamError::NoSuchKey(_)) => {
                         let _ = self.fx.iam.untag_key(&user, &key).await;
-                        let _ = self.record(Event::DeleteNewKey { key_id: key.clone(), phase: Phase::Done });
+                        let _ = self.record(Event::DeleteNewKey { key_id: key.clone(), phase: Phase::Done }).await;
                         self.step("delete_new_key", "ok", t);
                     }
                     Err(e) => {
@@ -783,7 +783,7 @@ impl Run<'_> {
             Some(KeyStatus::Active)
         };
         if left.is_empty() {
-            self.finish_journal(Outcome::RolledBack, Some(reason), old_status, statuses, left)
+            self.finish_journal(Outcome::RolledBack, Some(reason), old_status, statuses, left).await
         } else {
             left.push(format!("fix the above, then run `rekey resume --user {user}` to finish the rollback"));
             self.failed_report(reason, old_status, statuses, left)
@@ -810,7 +810,7 @@ impl Run<'_> {
         }
     }
 
-    fn finish_journal(
+    async fn finish_journal(
         mut self,
         outcome: Outcome,
         error: Option<String>,
@@ -818,14 +818,14 @@ impl Run<'_> {
         statuses: Vec<&'static str>,
         left: Vec<String>,
     ) -> Report {
-        if let Err(e) = self.record(Event::End { outcome }) {
+        if let Err(e) = self.record(Event::End { outcome }).await {
             self.warnings.push(format!("could not close the journal: {}", e.error));
         }
         let state = self.journal.state().clone();
         let Run { journal, targets, steps, mut warnings, changes, .. } = self;
         let mut journal_path = journal.path().to_path_buf();
         if state.ended.is_some() {
-            match journal.archive() {
+            match journal.archive().await {
                 Ok(p) => journal_path = p,
                 Err(e) => warnings.push(format!("could not archive the journal: {e}")),
             }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::iam::KeyStatus::{Active, Inactive};
-use crate::journal::Journal;
+use crate::journal::{Journal, Journals};
 use crate::testing::{FakeClock, FakeFactory, FakeIam, FakeKeyCheck, Op, World};
 
 const OLD: &str = "AKIAOLD0000000000001";
@@ -60,7 +60,7 @@ impl Bed {
             clock: &self.clock,
             factory: &factory,
             progress: &progress,
-            state_dir: self.dir.path().to_path_buf(),
+            journals: Journals::Local(self.dir.path().to_path_buf()),
         };
         rotate(&fx, settings, std::future::pending()).await
     }
@@ -79,7 +79,7 @@ impl Bed {
             clock: &self.clock,
             factory: &factory,
             progress: &progress,
-            state_dir: self.dir.path().to_path_buf(),
+            journals: Journals::Local(self.dir.path().to_path_buf()),
         };
         resume(&fx, USER, force_rollback, &self.settings(), std::future::pending()).await
     }
@@ -291,7 +291,7 @@ async fn ctrl_c_rolls_back() {
         clock: &bed.clock,
         factory: &factory,
         progress: &progress,
-        state_dir: bed.dir.path().into(),
+        journals: Journals::Local(bed.dir.path().into()),
     };
     // The app never gets healthy, and the user gives up while rekey waits.
     *bed.world.probe_answers.lock().unwrap() = vec![false; 1000];

@@ -1,6 +1,6 @@
 //! `rekey plan` and `rekey run` against the emulator: many users from one config, concurrent
 //! runners kept apart by the DynamoDB lock, rollback of one user without stopping the others, and
-//! the deferred deactivation and deletion.
+//! the deferred deactivation and deletion, and users in other accounts reached through `[[account]]`.
 
 mod support;
 
@@ -310,6 +310,148 @@ async fn a_grace_period_defers_deactivation_to_a_later_run_and_delete_after_dele
         assert_eq!(keys_of(&moto, &s.admin, name).await, vec![(new_keys[name].clone(), "Active".into())]);
         assert!(!tags_of(&moto, &s.admin, name).await.contains_key(&creds.access_key_id), "tag removed with the key");
     }
+}
+
+const REMOTE: &str = "111122223333";
+const REMOTE_ROLE: &str = "arn:aws:iam::111122223333:role/rekey";
+const DENIED: &str = "444455556666";
+const DENIED_ROLE: &str = "arn:aws:iam::444455556666:role/not-the-rekey-role";
+
+/// The admin's session in another account. moto hands out credentials in whatever account the
+/// role ARN names, role or not; with auth on, the role's own policies then decide.
+async fn assume(moto: &Moto, admin: &Creds, role_arn: &str) -> aws_types::SdkConfig {
+    use aws_credential_types::Credentials;
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    let sts = aws_sdk_sts::Client::new(&moto.sdk_config(admin));
+    let out = sts.assume_role().role_arn(role_arn).role_session_name("test-setup").send().await.expect("AssumeRole");
+    let c = out.credentials().unwrap();
+    moto.sdk_config(admin)
+        .to_builder()
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            None,
+            "test-setup",
+        )))
+        .build()
+}
+
+/// A user with one key in the account of `sdk`, and an env file holding it.
+async fn remote_user(sdk: &aws_types::SdkConfig, name: &str, dir: &Path) -> (Creds, PathBuf) {
+    let iam = aws_sdk_iam::Client::new(sdk);
+    iam.create_user().user_name(name).send().await.unwrap();
+    let k = iam.create_access_key().user_name(name).send().await.unwrap();
+    let k = k.access_key().unwrap();
+    let creds = Creds::new(k.access_key_id(), k.secret_access_key());
+    let path = dir.join(format!("{name}.env"));
+    std::fs::write(
+        &path,
+        format!("AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}\n", k.access_key_id(), k.secret_access_key()),
+    )
+    .unwrap();
+    (creds, path)
+}
+
+async fn keys_in(sdk: &aws_types::SdkConfig, user: &str) -> Vec<(String, String)> {
+    let iam = aws_sdk_iam::Client::new(sdk);
+    let out = iam.list_access_keys().user_name(user).send().await.expect("ListAccessKeys");
+    out.access_key_metadata()
+        .iter()
+        .map(|k| (k.access_key_id().unwrap_or_default().to_string(), k.status().unwrap().as_str().to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_in_other_accounts_rotate_through_the_role_and_a_bad_role_fails_only_its_account() {
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let dir = state_dir();
+
+    // Account 111122223333: the role rekey assumes may do anything there.
+    let remote = assume(&moto, &s.admin, REMOTE_ROLE).await;
+    let remote_iam = aws_sdk_iam::Client::new(&remote);
+    remote_iam
+        .create_role()
+        .role_name("rekey")
+        .assume_role_policy_document(
+            serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    remote_iam
+        .put_role_policy()
+        .role_name("rekey")
+        .policy_name("rekey-inline")
+        .policy_document(
+            serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (remote_key, remote_env) = remote_user(&remote, "remote-app", dir.path()).await;
+    // Account 444455556666 has a user too, but the config names a role rekey may not assume:
+    // AWS answers AccessDenied for a role that does not exist or does not trust the caller.
+    let denied = assume(&moto, &s.admin, DENIED_ROLE).await;
+    let (denied_key, denied_env) = remote_user(&denied, "denied-app", dir.path()).await;
+    let iam = aws_sdk_iam::Client::new(&moto.sdk_config(&s.admin));
+    iam.put_user_policy()
+        .user_name(testbed::moto::ADMIN_USER)
+        .policy_name("no-wrong-role")
+        .policy_document(
+            serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "sts:AssumeRole", "Resource": DENIED_ROLE}]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // Every key above is due once it is older than max_age (1s); fleet() waits that long.
+    let fleet = fleet(&moto, &s.admin, 1, 0).await;
+    let extra = format!(
+        "[[rotation]]\nuser = \"remote-app\"\naccount = \"{REMOTE}\"\ntargets = [\"env:{}\"]\nmax_age = \"1s\"\n\n\
+         [[rotation]]\nuser = \"denied-app\"\naccount = \"{DENIED}\"\ntargets = [\"env:{}\"]\nmax_age = \"1s\"\n\n\
+         [[account]]\nid = \"{REMOTE}\"\nrole_arn = \"{REMOTE_ROLE}\"\nexternal_id = \"rekey-run-ext\"\n\n\
+         [[account]]\nid = \"{DENIED}\"\nrole_arn = \"{DENIED_ROLE}\"\n",
+        remote_env.display(),
+        denied_env.display()
+    );
+    let config = fleet.config(1, "", &HashMap::new());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&extra);
+    std::fs::write(&config, text).unwrap();
+    moto.set_auth(true).await;
+
+    let out = rekey(&moto, &s.admin, dir.path(), &run_args(config.to_str().unwrap(), "4")).await;
+    out.assert_code(4);
+    let by_user = results(&out);
+    let (home_name, _, home_env) = &fleet.users[0];
+    assert_eq!(by_user[home_name]["outcome"], "rotated", "{}", by_user[home_name]);
+    assert_eq!(env_key_id(home_env), by_user[home_name]["new_key_id"].as_str().unwrap());
+
+    let r = &by_user["remote-app"];
+    assert_eq!(r["outcome"], "rotated", "{r}");
+    assert_eq!(r["account"], REMOTE);
+    let new = r["new_key_id"].as_str().unwrap().to_string();
+    assert_eq!(env_key_id(&remote_env), new, "the remote user's file holds the new key");
+
+    let d = &by_user["denied-app"];
+    assert_eq!(d["outcome"], "failed", "{d}");
+    assert_eq!(d["account"], DENIED);
+    assert!(d["error"].as_str().unwrap().contains("not authorized to perform: sts:AssumeRole"), "{d}");
+    assert_eq!(out.json()["counts"]["rotated"], 2);
+    assert_eq!(out.json()["counts"]["failed"], 1);
+
+    moto.set_auth(false).await;
+    assert_eq!(
+        keys_in(&remote, "remote-app").await,
+        vec![(remote_key.access_key_id.clone(), "Inactive".into()), (new, "Active".into())],
+        "rotated in account {REMOTE}, through the role"
+    );
+    assert_eq!(keys_in(&denied, "denied-app").await, vec![(denied_key.access_key_id.clone(), "Active".into())]);
+    assert_eq!(env_key_id(&denied_env), denied_key.access_key_id, "untouched");
 }
 
 /// `scripts/bench-fleet.sh`: wall time of `run` over REKEY_BENCH_USERS (100) due users at
