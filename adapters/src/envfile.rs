@@ -2,463 +2,195 @@
 //!
 //! Only the bytes of the two values change; every other byte of the file (comments, order, quoting,
 //! `export`, line endings, a missing final newline) stays as the user wrote it, so a rotation shows
-//! up in a diff as exactly two changed values. Writes are atomic (temp file, fsync, rename, fsync of
-//! the folder) because an app restarting in the middle must read the old file or the new one, never
-//! half of one.
-//!
-//! The snapshot cannot hold the old file (it contains the old secret and is journalled), so it
-//! points at a backup written next to the file, with the same mode, and records its length and hash
-//! to make sure the rollback restores exactly what was captured.
+//! up in a diff as exactly two changed values. This module only knows the dotenv format; the
+//! atomic rewrite, the backup that makes rollback byte-exact and the restart command are the shared
+//! engine's (`keyfile.rs`).
 
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions, Permissions};
-use std::io;
+use std::fs::Metadata;
 use std::ops::Range;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::file::{RunError, backup_path, fnv1a64, parent, redact, run_sh, sync_dir, write_atomic, write_atomic_with};
-use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError, TargetSpec};
+use crate::keyfile::{KeyFileTarget, KeyFormat, Located};
+use crate::{ErrorKind, Options, TargetSpec};
 
-pub struct EnvFileTarget {
-    file: EnvFile,
-    restart_cmd: Option<String>,
-    restart_timeout: Duration,
+pub type EnvFileTarget = KeyFileTarget<EnvFile>;
+
+impl EnvFileTarget {
+    pub fn new(spec: &TargetSpec, options: &Options) -> Self {
+        let format = EnvFile {
+            path: PathBuf::from(&spec.location),
+            id_fields: spec.id_fields(),
+            secret_fields: spec.secret_fields(),
+        };
+        KeyFileTarget::with_format(&spec.raw, format, options)
+    }
 }
 
-/// The part of the target that blocking file work needs, cloned into `spawn_blocking`.
+/// A dotenv file and the variable names that may hold the key.
 #[derive(Clone)]
-struct EnvFile {
-    name: String,
+pub struct EnvFile {
     path: PathBuf,
     id_fields: Vec<String>,
     secret_fields: Vec<String>,
 }
 
-/// What the journal keeps about the file. Never its content: that holds the old secret.
+/// The variables the snapshot found the key in, so apply and rollback look at the same ones.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct EnvSnapshot {
-    /// The file as resolved through symlinks, so rollback writes where apply wrote.
-    path: PathBuf,
-    backup: PathBuf,
-    len: u64,
-    /// FNV-1a 64 of the bytes, hex: a stable fingerprint to tell "restored" from "changed", too
-    /// short to help anyone guess the secret inside.
-    fnv1a64: String,
-    mode: u32,
-    uid: u32,
-    gid: u32,
+pub struct EnvVars {
     id_var: String,
     secret_var: String,
-    old_key_id: Option<String>,
 }
 
-impl EnvFileTarget {
-    pub fn new(spec: &TargetSpec, options: &Options) -> Self {
-        EnvFileTarget {
-            file: EnvFile {
-                name: spec.raw.clone(),
-                path: PathBuf::from(&spec.location),
-                id_fields: spec.id_fields(),
-                secret_fields: spec.secret_fields(),
-            },
-            restart_cmd: options.restart_cmd.clone(),
-            restart_timeout: options.restart_timeout,
-        }
+impl KeyFormat for EnvFile {
+    const FILE: &'static str = "env file";
+    const RESTART_SO: &'static str = "the app reads the new file";
+    const RESTORE_BY_HAND: &'static str = "file";
+    type Names = EnvVars;
+    type Value = Assignment;
+
+    fn path(&self) -> &Path {
+        &self.path
     }
 
-    async fn blocking<T, F>(&self, work: F) -> Result<T, TargetError>
-    where
-        T: Send + 'static,
-        F: FnOnce(EnvFile) -> Result<T, TargetError> + Send + 'static,
-    {
-        let file = self.file.clone();
-        let name = self.file.name.clone();
-        tokio::task::spawn_blocking(move || work(file))
-            .await
-            .map_err(|e| TargetError::new(name, ErrorKind::Backend(format!("file task failed: {e}"))))?
-    }
-
-    /// Runs `--restart-cmd` so the app picks up the file. The secret is never handed to it: the
-    /// command reads the file like the app does.
-    async fn restart(&self, snap: &EnvSnapshot, action: &str) -> Result<(), TargetError> {
-        let Some(cmd) = &self.restart_cmd else {
-            return Ok(());
-        };
-        let err = |kind| TargetError::new(&self.file.name, kind);
-        let env = [("REKEY_FILE", snap.path.as_os_str()), ("REKEY_ACTION", OsStr::new(action))];
-        match run_sh(cmd, &env, &[], self.restart_timeout).await {
-            Ok(()) => Ok(()),
-            Err(RunError::Spawn(e)) => {
-                Err(err(ErrorKind::Consumers(format!("cannot start restart command `{cmd}`: {e}"))))
-            }
-            Err(RunError::Wait(e)) => Err(err(ErrorKind::Consumers(format!("restart command `{cmd}` failed: {e}")))),
-            Err(RunError::Timeout) => {
-                Err(err(ErrorKind::Timeout { what: format!("restart command `{cmd}`"), waited: self.restart_timeout }))
-            }
-            Err(RunError::Failed { status, last_stderr }) => {
-                // The command may print the file it just read; keep any secret in it out of the error.
-                let secrets = self.known_secrets(snap).await;
-                let last = redact(&last_stderr, secrets.iter().map(|s| s.as_str()));
-                Err(err(ErrorKind::Consumers(format!("restart command `{cmd}` exited with {status}: {last}"))))
-            }
-        }
-    }
-
-    /// The secret values in the file and its backup, to scrub them from command output.
-    async fn known_secrets(&self, snap: &EnvSnapshot) -> Vec<Zeroizing<String>> {
-        let snap = snap.clone();
-        self.blocking(move |_| {
-            let mut found = Vec::new();
-            for path in [&snap.path, &snap.backup] {
-                let Ok(bytes) = fs::read(path).map(Zeroizing::new) else {
-                    continue;
-                };
-                let Ok(vars) = parse(&bytes) else { continue };
-                if let Some(a) = vars.iter().find(|a| a.name == snap.secret_var) {
-                    found.push(Zeroizing::new(String::from_utf8_lossy(&a.decoded).into_owned()));
-                }
-            }
-            Ok(found)
-        })
-        .await
-        .unwrap_or_default()
-    }
-}
-
-#[async_trait]
-impl Target for EnvFileTarget {
-    fn name(&self) -> &str {
-        &self.file.name
-    }
-
-    async fn preflight(&self) -> Result<Preflight, TargetError> {
-        let restart = self.restart_cmd.clone();
-        self.blocking(move |f| f.preflight(restart.as_deref())).await
-    }
-
-    async fn snapshot(&self) -> Result<Snapshot, TargetError> {
-        let state = self.blocking(|f| f.snapshot()).await?;
-        Ok(Snapshot::from_state(&state))
-    }
-
-    async fn apply(&self, key: &NewKey, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: EnvSnapshot = snapshot.to_state(&self.file.name)?;
-        let id = key.access_key_id.clone();
-        let secret = Zeroizing::new(key.secret().to_string());
-        self.blocking(move |f| f.apply(&snap, &id, &secret)).await
-    }
-
-    async fn wait_consumers(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: EnvSnapshot = snapshot.to_state(&self.file.name)?;
-        self.restart(&snap, "apply").await
-    }
-
-    async fn current_key_id(&self) -> Result<Option<String>, TargetError> {
-        self.blocking(|f| {
-            let (_, bytes) = f.read()?;
-            let vars = f.locate(&bytes)?;
-            Ok(vars.key_id)
-        })
-        .await
-    }
-
-    async fn rollback(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: EnvSnapshot = snapshot.to_state(&self.file.name)?;
-        let for_task = snap.clone();
-        let restored = self.blocking(move |f| f.rollback(&for_task)).await?;
-        if restored {
-            self.restart(&snap, "rollback").await?;
-        }
-        Ok(())
-    }
-
-    async fn finish(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: EnvSnapshot = snapshot.to_state(&self.file.name)?;
-        self.blocking(move |f| {
-            match fs::remove_file(&snap.backup) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(f.io_err("cannot delete backup", &snap.backup, e)),
-            }
-            sync_dir(&snap.backup).map_err(|e| f.io_err("cannot sync folder of", &snap.backup, e))
-        })
-        .await
-    }
-}
-
-/// The id and secret variables as found in the file.
-struct Located {
-    id: Assignment,
-    secret: Assignment,
-    key_id: Option<String>,
-}
-
-impl EnvFile {
-    fn err(&self, kind: ErrorKind) -> TargetError {
-        TargetError::new(&self.name, kind)
-    }
-
-    fn io_err(&self, what: &str, path: &Path, e: io::Error) -> TargetError {
-        let detail = format!("{what} {}: {e}", path.display());
-        self.err(match e.kind() {
-            io::ErrorKind::NotFound => ErrorKind::NotFound(detail),
-            io::ErrorKind::PermissionDenied => ErrorKind::AccessDenied(detail),
-            _ => ErrorKind::Backend(detail),
-        })
-    }
-
-    /// The real file behind the path (a symlinked `.env` is rewritten where it lives) and its bytes.
-    fn read(&self) -> Result<(PathBuf, Zeroizing<Vec<u8>>), TargetError> {
-        let path = fs::canonicalize(&self.path).map_err(|e| self.io_err("cannot open env file", &self.path, e))?;
-        let bytes = fs::read(&path).map_err(|e| self.io_err("cannot read env file", &path, e))?;
-        Ok((path, Zeroizing::new(bytes)))
-    }
-
-    /// Finds exactly one id and one secret variable, or says how to make the file usable.
-    fn locate(&self, bytes: &[u8]) -> Result<Located, TargetError> {
+    fn locate(&self, bytes: &[u8]) -> Result<Located<Assignment>, ErrorKind> {
         let path = self.path.display();
-        let vars = parse(bytes).map_err(|e| self.err(ErrorKind::Unusable(format!("{path}: {e}"))))?;
-        let find = |names: &[String], what: &str, option: &str| -> Result<Assignment, TargetError> {
+        let vars = parse(bytes).map_err(|e| ErrorKind::Unusable(format!("{path}: {e}")))?;
+        let find = |names: &[String], what: &str, option: &str| -> Result<Assignment, ErrorKind> {
             let present: Vec<&String> = names.iter().filter(|n| vars.iter().any(|a| &a.name == *n)).collect();
             let Some(name) = present.first() else {
-                return Err(self.err(ErrorKind::Unusable(format!(
+                return Err(ErrorKind::Unusable(format!(
                     "{path} sets no {what} variable (looked for {}); add it, or name the variable with ?{option}=NAME",
                     names.join(", ")
-                ))));
+                )));
             };
             if present.len() > 1 {
                 let both: Vec<&str> = present.iter().map(|s| s.as_str()).collect();
-                return Err(self.err(ErrorKind::Unusable(format!(
+                return Err(ErrorKind::Unusable(format!(
                     "{path} sets {} as {what} variables; keep one, or pick one with ?{option}=NAME",
                     both.join(" and ")
-                ))));
+                )));
             }
             let hits: Vec<&Assignment> = vars.iter().filter(|a| &a.name == *name).collect();
             if hits.len() > 1 {
                 let lines: Vec<String> = hits.iter().map(|a| a.line.to_string()).collect();
-                return Err(self.err(ErrorKind::Unusable(format!(
+                return Err(ErrorKind::Unusable(format!(
                     "{path} sets {name} more than once (lines {}); remove all but one",
                     lines.join(", ")
-                ))));
+                )));
             }
             let a = hits[0].clone();
             if a.unterminated || a.multiline {
-                return Err(self.err(ErrorKind::Unusable(format!(
+                return Err(ErrorKind::Unusable(format!(
                     "{path} line {}: the value of {name} is an unterminated or multi-line quoted value; put it on one line",
                     a.line
-                ))));
+                )));
             }
             Ok(a)
         };
         let id = find(&self.id_fields, "key id", "id-field")?;
         let secret = find(&self.secret_fields, "secret key", "secret-field")?;
-        let key_id = Some(String::from_utf8_lossy(&id.decoded).trim().to_string()).filter(|s| !s.is_empty());
-        Ok(Located { id, secret, key_id })
+        Ok(Located { key_id: key_id(&id), id, secret })
     }
 
-    fn preflight(&self, restart_cmd: Option<&str>) -> Result<Preflight, TargetError> {
-        let (path, bytes) = self.read()?;
-        let vars = self.locate(&bytes)?;
-        let meta = fs::metadata(&path).map_err(|e| self.io_err("cannot stat env file", &path, e))?;
-        // Opening for write without truncating proves write access and changes nothing.
-        OpenOptions::new().write(true).open(&path).map_err(|e| self.io_err("cannot write env file", &path, e))?;
-        let dir = parent(&path);
-        let probe = tempfile::Builder::new().prefix(".rekey-check-").tempfile_in(dir).map_err(|e| {
-            self.io_err("cannot create files (needed for the atomic rewrite and backup) in folder", dir, e)
-        })?;
-        // The rewritten file is a new file: it belongs to whoever creates it unless that is root.
-        let creator = probe.as_file().metadata().map(|m| m.uid()).ok();
-        let changes_owner = creator.is_some_and(|uid| uid != 0 && uid != meta.uid());
-        drop(probe);
-        let backup = backup_path(&path);
-        if let Some(problem) = self.stale_backup(&backup, &bytes)? {
-            return Err(self.err(ErrorKind::Unusable(problem)));
-        }
-
-        let mut pf = Preflight { current_key_id: vars.key_id.clone(), ..Preflight::default() };
-        pf.changes.push(format!(
-            "rewrite {} and {} in {} (mode {:04o} kept)",
-            vars.id.name,
-            vars.secret.name,
-            path.display(),
-            meta.mode() & 0o7777
-        ));
-        pf.changes.push(format!("keep a backup of the old file at {} until the rotation ends", backup.display()));
-        if let Some(cmd) = restart_cmd {
-            pf.changes.push(format!("run `{cmd}` so the app reads the new file"));
-        }
-        if path != self.path {
-            pf.warnings.push(format!(
-                "{} is a link: the file it points to, {}, is rewritten",
-                self.path.display(),
-                path.display()
-            ));
-        }
-        if changes_owner {
-            pf.warnings.push(format!(
-                "{} belongs to uid {}: rewriting it as uid {} makes it yours; run as root or as its owner to keep the owner",
-                path.display(),
-                meta.uid(),
-                creator.unwrap_or_default()
-            ));
-        }
-        if vars.key_id.is_none() {
-            pf.warnings.push(format!("{} is empty in {}", vars.id.name, path.display()));
-        }
-        if meta.mode() & 0o004 != 0 {
-            pf.warnings.push(format!(
-                "{} is readable by every user (mode {:04o})",
-                path.display(),
-                meta.mode() & 0o7777
-            ));
-        }
-        if restart_cmd.is_none() {
-            pf.warnings.push(format!(
-                "no --restart-cmd: apps that read {} only at start keep the old key until restarted",
-                path.display()
-            ));
-        }
-        Ok(pf)
+    fn names(&self, found: &Located<Assignment>) -> EnvVars {
+        EnvVars { id_var: found.id.name.clone(), secret_var: found.secret.name.clone() }
     }
 
-    /// A backup that differs from the file belongs to a rotation that never ended; overwriting it
-    /// would lose the only copy of what that rotation must restore.
-    fn stale_backup(&self, backup: &Path, current: &[u8]) -> Result<Option<String>, TargetError> {
-        match fs::read(backup).map(Zeroizing::new) {
-            Ok(old) if old.as_slice() == current => Ok(None),
-            Ok(_) => Ok(Some(format!(
-                "{} holds a backup from a rotation that did not finish; resume or roll back that rotation, \
-                 or delete the backup if it is over",
-                backup.display()
-            ))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io_err("cannot read backup", backup, e)),
-        }
-    }
-
-    fn snapshot(&self) -> Result<EnvSnapshot, TargetError> {
-        let (path, bytes) = self.read()?;
-        let vars = self.locate(&bytes)?;
-        let meta = fs::metadata(&path).map_err(|e| self.io_err("cannot stat env file", &path, e))?;
-        let backup = backup_path(&path);
-        if let Some(problem) = self.stale_backup(&backup, &bytes)? {
-            return Err(self.err(ErrorKind::Unusable(problem)));
-        }
-        write_atomic(&backup, &bytes, &meta).map_err(|e| self.io_err("cannot write backup", &backup, e))?;
-        Ok(EnvSnapshot {
-            path,
-            backup,
-            len: bytes.len() as u64,
-            fnv1a64: fnv1a64(&bytes),
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            id_var: vars.id.name,
-            secret_var: vars.secret.name,
-            old_key_id: vars.key_id,
-        })
-    }
-
-    fn apply(&self, snap: &EnvSnapshot, key_id: &str, secret: &str) -> Result<(), TargetError> {
-        let bytes =
-            Zeroizing::new(fs::read(&snap.path).map_err(|e| self.io_err("cannot read env file", &snap.path, e))?);
-        let vars = parse(&bytes).map_err(|e| self.err(ErrorKind::Unusable(format!("{}: {e}", snap.path.display()))))?;
+    fn relocate(&self, names: &EnvVars, file: &Path, bytes: &[u8]) -> Result<Located<Assignment>, ErrorKind> {
+        let vars = parse(bytes).map_err(|e| ErrorKind::Unusable(format!("{}: {e}", file.display())))?;
         let find = |name: &str| {
             vars.iter()
                 .find(|a| a.name == name)
                 .cloned()
-                .ok_or_else(|| self.err(ErrorKind::Unusable(format!("{} no longer sets {name}", snap.path.display()))))
+                .ok_or_else(|| ErrorKind::Unusable(format!("{} no longer sets {name}", file.display())))
         };
-        let (id, sec) = (find(&snap.id_var)?, find(&snap.secret_var)?);
-        if id.decoded.as_slice() == key_id.as_bytes() && sec.decoded.as_slice() == secret.as_bytes() {
-            return Ok(());
-        }
-        // A file edited since the snapshot would lose that edit on rollback: stop before changing it.
-        if !snap.matches(&bytes) {
-            return Err(self.err(ErrorKind::Unusable(format!(
-                "{} changed since its snapshot was taken; start the rotation again",
-                snap.path.display()
-            ))));
-        }
-        let new_id = encode(&id, key_id).map_err(|why| self.unwritable(&snap.id_var, why, snap))?;
-        let new_secret = encode(&sec, secret).map_err(|why| self.unwritable(&snap.secret_var, why, snap))?;
-        let mut edits = [(id.value.clone(), new_id), (sec.value.clone(), new_secret)];
-        edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
-        let mut out = Zeroizing::new(bytes.to_vec());
-        for (range, value) in edits.iter() {
-            out.splice(range.clone(), value.iter().copied());
-        }
-        let meta = fs::metadata(&snap.path).map_err(|e| self.io_err("cannot stat env file", &snap.path, e))?;
-        write_atomic(&snap.path, &out, &meta).map_err(|e| self.io_err("cannot rewrite env file", &snap.path, e))
+        let (id, secret) = (find(&names.id_var)?, find(&names.secret_var)?);
+        Ok(Located { key_id: key_id(&id), id, secret })
     }
 
-    fn unwritable(&self, var: &str, why: &str, snap: &EnvSnapshot) -> TargetError {
-        self.err(ErrorKind::Unusable(format!(
-            "the new value of {var} cannot be written {why} in {}; quote it with double quotes",
-            snap.path.display()
-        )))
+    fn range(value: &Assignment) -> Range<usize> {
+        value.value.clone()
     }
 
-    /// Returns whether the file had to be restored.
-    fn rollback(&self, snap: &EnvSnapshot) -> Result<bool, TargetError> {
-        let current = match fs::read(&snap.path) {
-            Ok(b) => Some(Zeroizing::new(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(self.io_err("cannot read env file", &snap.path, e)),
-        };
-        if let Some(bytes) = &current
-            && snap.matches(bytes)
-        {
-            let mode = fs::metadata(&snap.path).map(|m| m.mode() & 0o7777).unwrap_or(snap.mode);
-            if mode != snap.mode {
-                fs::set_permissions(&snap.path, Permissions::from_mode(snap.mode))
-                    .map_err(|e| self.io_err("cannot restore mode of", &snap.path, e))?;
+    fn holds(value: &Assignment, _bytes: &[u8], wanted: &str) -> bool {
+        value.decoded.as_slice() == wanted.as_bytes()
+    }
+
+    fn check_writable(
+        &self,
+        found: &Located<Assignment>,
+        file: &Path,
+        key_id: &str,
+        secret: &str,
+    ) -> Result<(), ErrorKind> {
+        for (a, value) in [(&found.id, key_id), (&found.secret, secret)] {
+            if let Err(why) = fits(a, value) {
+                return Err(ErrorKind::Unusable(format!(
+                    "the new value of {} cannot be written {why} in {}; quote it with double quotes",
+                    a.name,
+                    file.display()
+                )));
             }
-            return Ok(false);
         }
-        let backup = match fs::read(&snap.backup) {
-            Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Restored by hand, or the rotation finished: the old key id is all we can check.
-                if let Some(bytes) = &current
-                    && let Ok(vars) = parse(bytes)
-                    && let Some(id) = vars.iter().find(|a| a.name == snap.id_var)
-                    && Some(String::from_utf8_lossy(&id.decoded).trim()) == snap.old_key_id.as_deref()
-                {
-                    return Ok(false);
-                }
-                return Err(self.err(ErrorKind::NotFound(format!(
-                    "backup {} is gone and {} does not hold the old key {}; restore the file by hand",
-                    snap.backup.display(),
-                    snap.path.display(),
-                    snap.old_key_id.as_deref().unwrap_or("(none)")
-                ))));
-            }
-            Err(e) => return Err(self.io_err("cannot read backup", &snap.backup, e)),
-        };
-        if !snap.matches(&backup) {
-            return Err(self.err(ErrorKind::Backend(format!(
-                "backup {} is not the one this rotation wrote (it changed since); restore {} by hand",
-                snap.backup.display(),
-                snap.path.display()
-            ))));
+        Ok(())
+    }
+
+    fn holds_key_id(&self, names: &EnvVars, bytes: &[u8], old_key_id: Option<&str>) -> bool {
+        let Ok(vars) = parse(bytes) else { return false };
+        vars.iter()
+            .find(|a| a.name == names.id_var)
+            .is_some_and(|id| Some(String::from_utf8_lossy(&id.decoded).trim()) == old_key_id)
+    }
+
+    fn secret(&self, names: &EnvVars, bytes: &[u8]) -> Option<Zeroizing<String>> {
+        let vars = parse(bytes).ok()?;
+        let a = vars.iter().find(|a| a.name == names.secret_var)?;
+        Some(Zeroizing::new(String::from_utf8_lossy(&a.decoded).into_owned()))
+    }
+
+    fn describe(&self, found: &Located<Assignment>) -> String {
+        format!("{} and {}", found.id.name, found.secret.name)
+    }
+
+    fn scope(_names: &EnvVars, file: &Path) -> String {
+        file.display().to_string()
+    }
+
+    fn warnings(
+        &self,
+        found: &Located<Assignment>,
+        file: &Path,
+        meta: &Metadata,
+        restart_cmd: Option<&str>,
+    ) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if found.key_id.is_none() {
+            warnings.push(format!("{} is empty in {}", found.id.name, file.display()));
         }
-        write_atomic_with(&snap.path, &backup, snap.mode, snap.uid, snap.gid)
-            .map_err(|e| self.io_err("cannot restore env file", &snap.path, e))?;
-        Ok(true)
+        if meta.mode() & 0o004 != 0 {
+            warnings.push(format!("{} is readable by every user (mode {:04o})", file.display(), meta.mode() & 0o7777));
+        }
+        if restart_cmd.is_none() {
+            warnings.push(format!(
+                "no --restart-cmd: apps that read {} only at start keep the old key until restarted",
+                file.display()
+            ));
+        }
+        warnings
+    }
+
+    fn restart_env(_names: &EnvVars) -> Vec<(&'static str, &OsStr)> {
+        Vec::new()
     }
 }
 
-impl EnvSnapshot {
-    fn matches(&self, bytes: &[u8]) -> bool {
-        bytes.len() as u64 == self.len && fnv1a64(bytes) == self.fnv1a64
-    }
+fn key_id(id: &Assignment) -> Option<String> {
+    Some(String::from_utf8_lossy(&id.decoded).trim().to_string()).filter(|s| !s.is_empty())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,7 +203,7 @@ enum Quote {
 /// One `NAME=value` line. `value` is the byte range of the value inside the quotes (or of the bare
 /// value), which is all a rewrite replaces.
 #[derive(Clone)]
-struct Assignment {
+pub struct Assignment {
     name: String,
     line: usize,
     value: Range<usize>,
@@ -582,8 +314,8 @@ fn parse(bytes: &[u8]) -> Result<Vec<Assignment>, String> {
     Ok(out)
 }
 
-/// The new value as it must appear in the file for the quoting the user chose, or why it cannot.
-fn encode(a: &Assignment, value: &str) -> Result<Vec<u8>, &'static str> {
+/// Whether the quoting the user chose can hold `value` as it is, and if not, what that quoting is.
+fn fits(a: &Assignment, value: &str) -> Result<(), &'static str> {
     let bad: &[char] = match a.quote {
         Quote::None => &[' ', '\t', '#', '"', '\'', '\\', '$', '`'],
         Quote::Single => &['\''],
@@ -596,13 +328,18 @@ fn encode(a: &Assignment, value: &str) -> Result<Vec<u8>, &'static str> {
             Quote::Double => "in double quotes",
         });
     }
-    Ok(value.as_bytes().to_vec())
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{NewKey, Target};
+    use async_trait::async_trait;
     use secrecy::SecretString;
+    use std::fs::{self, Permissions};
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
 
     const OLD_ID: &str = "AKIAOLDOLDOLDOLD0001";
     const NEW_ID: &str = "AKIANEWNEWNEWNEW0002";

@@ -1,9 +1,10 @@
 //! Target adapters: the places a rotated access key is delivered to.
 //!
 //! One small async trait, [`Target`], and one module per backend. A newcomer adding a target copies
-//! the smallest module (`envfile.rs`), registers it in [`build`], and runs the shared conformance
-//! suite (`conformance.rs`) against it: apply, verify, roll back, and roll back after a crash from a
-//! snapshot that went through the journal.
+//! the smallest module that implements it whole (`exec.rs`), registers it in [`build`], and runs the
+//! shared conformance suite (`conformance.rs`) against it: apply, verify, roll back, and roll back
+//! after a crash from a snapshot that went through the journal. A key kept in a local file needs
+//! only its file format: copy `envfile.rs`, which hands the rest to the engine in `keyfile.rs`.
 //!
 //! The contract every adapter keeps:
 //! - The secret reaches the adapter as a [`NewKey`] and goes nowhere but the target itself: not into
@@ -23,6 +24,7 @@ pub mod ecs;
 pub mod envfile;
 pub mod exec;
 mod file;
+mod keyfile;
 pub mod lambda;
 pub mod profile;
 pub mod secretsmanager;

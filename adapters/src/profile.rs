@@ -4,28 +4,25 @@
 //! The file is `<credentials-file>` if given, else `$AWS_SHARED_CREDENTIALS_FILE`, else
 //! `~/.aws/credentials`. Only the values of `aws_access_key_id` and `aws_secret_access_key` in the
 //! `[name]` section change; comments, other profiles, other settings of the profile, their order,
-//! spacing around `=`, line endings and the file mode stay byte for byte. Like `env:`, the file is
-//! rewritten atomically and a backup next to it makes the rollback byte-exact, even after a crash
-//! (the snapshot is journalled, so it cannot hold the old file and its secret).
+//! spacing around `=`, line endings and the file mode stay byte for byte. Like `env:`, the file goes
+//! through the shared engine (`keyfile.rs`): atomic rewrite, and a backup next to it that makes the
+//! rollback byte-exact, even after a crash.
 //!
 //! The parser follows what the AWS CLI (botocore) and the SDKs read: `[section]` headers, `#` and
 //! `;` comment lines, `key = value` properties, and indented lines after a property as its
 //! continuation (nested `s3 =` settings), which are never taken for the key.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, OpenOptions, Permissions};
-use std::io;
+use std::fs::Metadata;
 use std::ops::Range;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::file::{RunError, backup_path, fnv1a64, parent, redact, run_sh, sync_dir, write_atomic, write_atomic_with};
-use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError, TargetSpec};
+use crate::keyfile::{KeyFileTarget, KeyFormat, Located};
+use crate::{ErrorKind, Options, TargetSpec};
 
 const ID_KEY: &str = "aws_access_key_id";
 const SECRET_KEY: &str = "aws_secret_access_key";
@@ -33,94 +30,26 @@ const SECRET_KEY: &str = "aws_secret_access_key";
 /// swapping in a long-term key beside a stale token would break it.
 const SESSION_KEYS: [&str; 2] = ["aws_session_token", "aws_security_token"];
 
-pub struct ProfileTarget {
-    file: CredFile,
-    restart_cmd: Option<String>,
-    restart_timeout: Duration,
-}
-
-/// The part of the target that blocking file work needs, cloned into `spawn_blocking`.
-#[derive(Clone)]
-struct CredFile {
-    name: String,
-    profile: String,
-    path: PathBuf,
-}
-
-/// What the journal keeps about the file. Never its content: that holds the old secret.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ProfileSnapshot {
-    /// The file as resolved through symlinks, so rollback writes where apply wrote.
-    path: PathBuf,
-    backup: PathBuf,
-    profile: String,
-    len: u64,
-    /// FNV-1a 64 of the bytes, hex: tells "restored" from "changed" without holding the secret.
-    fnv1a64: String,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    old_key_id: Option<String>,
-}
-
-impl ProfileSnapshot {
-    fn matches(&self, bytes: &[u8]) -> bool {
-        bytes.len() as u64 == self.len && fnv1a64(bytes) == self.fnv1a64
-    }
-}
+pub type ProfileTarget = KeyFileTarget<CredFile>;
 
 impl ProfileTarget {
     pub fn new(spec: &TargetSpec, _sdk: &aws_types::SdkConfig, options: &Options) -> Self {
         let (profile, path) = split_location(&spec.location, |name| std::env::var_os(name));
-        ProfileTarget {
-            file: CredFile { name: spec.raw.clone(), profile, path },
-            restart_cmd: options.restart_cmd.clone(),
-            restart_timeout: options.restart_timeout,
-        }
+        KeyFileTarget::with_format(&spec.raw, CredFile { profile, path }, options)
     }
+}
 
-    async fn blocking<T, F>(&self, work: F) -> Result<T, TargetError>
-    where
-        T: Send + 'static,
-        F: FnOnce(CredFile) -> Result<T, TargetError> + Send + 'static,
-    {
-        let file = self.file.clone();
-        let name = self.file.name.clone();
-        tokio::task::spawn_blocking(move || work(file))
-            .await
-            .map_err(|e| TargetError::new(name, ErrorKind::Backend(format!("file task failed: {e}"))))?
-    }
+/// A credentials file and the profile in it that holds the key.
+#[derive(Clone)]
+pub struct CredFile {
+    profile: String,
+    path: PathBuf,
+}
 
-    /// Runs `--restart-cmd` (a daemon that reads the profile only at start). It never gets the
-    /// secret: it reads the file like the consumers do.
-    async fn restart(&self, snap: &ProfileSnapshot, action: &str) -> Result<(), TargetError> {
-        let Some(cmd) = &self.restart_cmd else {
-            return Ok(());
-        };
-        let err = |kind| TargetError::new(&self.file.name, kind);
-        let env = [
-            ("REKEY_FILE", snap.path.as_os_str()),
-            ("REKEY_PROFILE", OsStr::new(&snap.profile)),
-            ("REKEY_ACTION", OsStr::new(action)),
-        ];
-        match run_sh(cmd, &env, &[], self.restart_timeout).await {
-            Ok(()) => Ok(()),
-            Err(RunError::Spawn(e)) => {
-                Err(err(ErrorKind::Consumers(format!("cannot start restart command `{cmd}`: {e}"))))
-            }
-            Err(RunError::Wait(e)) => Err(err(ErrorKind::Consumers(format!("restart command `{cmd}` failed: {e}")))),
-            Err(RunError::Timeout) => {
-                Err(err(ErrorKind::Timeout { what: format!("restart command `{cmd}`"), waited: self.restart_timeout }))
-            }
-            Err(RunError::Failed { status, last_stderr }) => {
-                // The command may print the file it read; keep the secrets in it out of the error.
-                let for_task = snap.clone();
-                let secrets = self.blocking(move |f| Ok(f.known_secrets(&for_task))).await.unwrap_or_default();
-                let last = redact(&last_stderr, secrets.iter().map(|s| s.as_str()));
-                Err(err(ErrorKind::Consumers(format!("restart command `{cmd}` exited with {status}: {last}"))))
-            }
-        }
-    }
+/// The profile the snapshot was taken of, for the restart command and rollback messages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileName {
+    profile: String,
 }
 
 /// `name[@file]` into the profile name and the file it lives in.
@@ -145,145 +74,67 @@ fn split_location(location: &str, env: impl Fn(&str) -> Option<OsString>) -> (St
     (profile.to_string(), path)
 }
 
-#[async_trait]
-impl Target for ProfileTarget {
-    fn name(&self) -> &str {
-        &self.file.name
-    }
+impl KeyFormat for CredFile {
+    const FILE: &'static str = "credentials file";
+    const RESTART_SO: &'static str = "long-running consumers read the new key";
+    const RESTORE_BY_HAND: &'static str = "profile";
+    type Names = ProfileName;
+    type Value = Property;
 
-    async fn preflight(&self) -> Result<Preflight, TargetError> {
-        let restart = self.restart_cmd.clone();
-        self.blocking(move |f| f.preflight(restart.as_deref())).await
-    }
-
-    async fn snapshot(&self) -> Result<Snapshot, TargetError> {
-        let state = self.blocking(|f| f.snapshot()).await?;
-        Ok(Snapshot::from_state(&state))
-    }
-
-    async fn apply(&self, key: &NewKey, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: ProfileSnapshot = snapshot.to_state(&self.file.name)?;
-        let id = key.access_key_id.clone();
-        let secret = Zeroizing::new(key.secret().to_string());
-        self.blocking(move |f| f.apply(&snap, &id, &secret)).await
-    }
-
-    async fn wait_consumers(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: ProfileSnapshot = snapshot.to_state(&self.file.name)?;
-        self.restart(&snap, "apply").await
-    }
-
-    async fn current_key_id(&self) -> Result<Option<String>, TargetError> {
-        self.blocking(|f| {
-            let (_, bytes) = f.read()?;
-            Ok(f.locate(&bytes)?.key_id)
-        })
-        .await
-    }
-
-    async fn rollback(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: ProfileSnapshot = snapshot.to_state(&self.file.name)?;
-        let for_task = snap.clone();
-        let restored = self.blocking(move |f| f.rollback(&for_task)).await?;
-        if restored {
-            self.restart(&snap, "rollback").await?;
-        }
-        Ok(())
-    }
-
-    async fn finish(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: ProfileSnapshot = snapshot.to_state(&self.file.name)?;
-        self.blocking(move |f| {
-            match fs::remove_file(&snap.backup) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(f.io_err("cannot delete backup", &snap.backup, e)),
-            }
-            sync_dir(&snap.backup).map_err(|e| f.io_err("cannot sync folder of", &snap.backup, e))
-        })
-        .await
-    }
-}
-
-/// The two properties of the profile as found in the file.
-struct Located {
-    id: Property,
-    secret: Property,
-    key_id: Option<String>,
-}
-
-impl CredFile {
-    fn err(&self, kind: ErrorKind) -> TargetError {
-        TargetError::new(&self.name, kind)
-    }
-
-    fn io_err(&self, what: &str, path: &Path, e: io::Error) -> TargetError {
-        let detail = format!("{what} {}: {e}", path.display());
-        self.err(match e.kind() {
-            io::ErrorKind::NotFound => ErrorKind::NotFound(detail),
-            io::ErrorKind::PermissionDenied => ErrorKind::AccessDenied(detail),
-            _ => ErrorKind::Backend(detail),
-        })
-    }
-
-    /// The real file behind the path (a symlinked credentials file is rewritten where it lives).
-    fn read(&self) -> Result<(PathBuf, Zeroizing<Vec<u8>>), TargetError> {
-        let path =
-            fs::canonicalize(&self.path).map_err(|e| self.io_err("cannot open credentials file", &self.path, e))?;
-        let bytes = fs::read(&path).map_err(|e| self.io_err("cannot read credentials file", &path, e))?;
-        Ok((path, Zeroizing::new(bytes)))
+    fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Finds the one `[profile]` section and its one id and one secret, or says how to fix the file.
-    fn locate(&self, bytes: &[u8]) -> Result<Located, TargetError> {
+    fn locate(&self, bytes: &[u8]) -> Result<Located<Property>, ErrorKind> {
         let path = self.path.display();
         let profile = &self.profile;
         if profile.is_empty() {
-            return Err(self.err(ErrorKind::Unusable("no profile name; write profile:<name>[@<file>]".into())));
+            return Err(ErrorKind::Unusable("no profile name; write profile:<name>[@<file>]".into()));
         }
         let sections = parse(bytes);
         let hits: Vec<&Section> = sections.iter().filter(|s| &s.name == profile).collect();
         let section = match hits.as_slice() {
             [] => {
                 let names: Vec<&str> = sections.iter().map(|s| s.name.as_str()).collect();
-                return Err(self.err(ErrorKind::NotFound(format!(
+                return Err(ErrorKind::NotFound(format!(
                     "{path} has no [{profile}] profile (it has: {})",
                     if names.is_empty() { "none".to_string() } else { names.join(", ") }
-                ))));
+                )));
             }
             [one] => *one,
             many => {
                 let lines: Vec<String> = many.iter().map(|s| s.line.to_string()).collect();
-                return Err(self.err(ErrorKind::Unusable(format!(
+                return Err(ErrorKind::Unusable(format!(
                     "{path} has [{profile}] more than once (lines {}); the AWS CLI refuses such a file: merge them",
                     lines.join(", ")
-                ))));
+                )));
             }
         };
         if let Some(token) = section.props.iter().find(|p| SESSION_KEYS.contains(&p.key.as_str())) {
-            return Err(self.err(ErrorKind::Unusable(format!(
+            return Err(ErrorKind::Unusable(format!(
                 "[{profile}] in {path} has {} (line {}): it holds temporary credentials, not a long-term access key; \
                  name the profile that holds the user's access key",
                 token.key, token.line
-            ))));
+            )));
         }
-        let find = |key: &str| -> Result<Property, TargetError> {
+        let find = |key: &str| -> Result<Property, ErrorKind> {
             let found: Vec<&Property> = section.props.iter().filter(|p| p.key == key).collect();
             match found.as_slice() {
-                [] => Err(self.err(ErrorKind::Unusable(format!(
+                [] => Err(ErrorKind::Unusable(format!(
                     "[{profile}] in {path} has no {key}; add it (rekey only replaces an existing key)"
-                )))),
-                [one] if one.spaced => Err(self.err(ErrorKind::Unusable(format!(
+                ))),
+                [one] if one.spaced => Err(ErrorKind::Unusable(format!(
                     "{path} line {}: the value of {key} has blanks in it; an access key has none, fix the line",
                     one.line
-                )))),
+                ))),
                 [one] => Ok((*one).clone()),
                 many => {
                     let lines: Vec<String> = many.iter().map(|p| p.line.to_string()).collect();
-                    Err(self.err(ErrorKind::Unusable(format!(
+                    Err(ErrorKind::Unusable(format!(
                         "[{profile}] in {path} sets {key} more than once (lines {}); remove all but one",
                         lines.join(", ")
-                    ))))
+                    )))
                 }
             }
         };
@@ -293,206 +144,89 @@ impl CredFile {
         Ok(Located { id, secret, key_id })
     }
 
-    fn preflight(&self, restart_cmd: Option<&str>) -> Result<Preflight, TargetError> {
-        let (path, bytes) = self.read()?;
-        let found = self.locate(&bytes)?;
-        let meta = fs::metadata(&path).map_err(|e| self.io_err("cannot stat credentials file", &path, e))?;
-        // Opening for write without truncating proves write access and changes nothing.
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| self.io_err("cannot write credentials file", &path, e))?;
-        let dir = parent(&path);
-        let probe = tempfile::Builder::new().prefix(".rekey-check-").tempfile_in(dir).map_err(|e| {
-            self.io_err("cannot create files (needed for the atomic rewrite and backup) in folder", dir, e)
-        })?;
-        // The rewritten file is a new file: it belongs to whoever creates it unless that is root.
-        let creator = probe.as_file().metadata().map(|m| m.uid()).ok();
-        let changes_owner = creator.is_some_and(|uid| uid != 0 && uid != meta.uid());
-        drop(probe);
-        let backup = backup_path(&path);
-        if let Some(problem) = self.stale_backup(&backup, &bytes)? {
-            return Err(self.err(ErrorKind::Unusable(problem)));
-        }
-
-        let mut pf = Preflight { current_key_id: found.key_id.clone(), ..Preflight::default() };
-        pf.changes.push(format!(
-            "rewrite {ID_KEY} and {SECRET_KEY} of [{}] in {} (mode {:04o} kept)",
-            self.profile,
-            path.display(),
-            meta.mode() & 0o7777
-        ));
-        pf.changes.push(format!("keep a backup of the old file at {} until the rotation ends", backup.display()));
-        if let Some(cmd) = restart_cmd {
-            pf.changes.push(format!("run `{cmd}` so long-running consumers read the new key"));
-        }
-        if path != self.path {
-            pf.warnings.push(format!(
-                "{} is a link: the file it points to, {}, is rewritten",
-                self.path.display(),
-                path.display()
-            ));
-        }
-        if changes_owner {
-            pf.warnings.push(format!(
-                "{} belongs to uid {}: rewriting it as uid {} makes it yours; run as root or as its owner to keep the owner",
-                path.display(),
-                meta.uid(),
-                creator.unwrap_or_default()
-            ));
-        }
-        if found.key_id.is_none() {
-            pf.warnings.push(format!("{ID_KEY} of [{}] is empty in {}", self.profile, path.display()));
-        }
-        if meta.mode() & 0o077 != 0 {
-            pf.warnings.push(format!(
-                "{} is readable or writable by other users (mode {:04o}); the AWS CLI creates it 0600",
-                path.display(),
-                meta.mode() & 0o7777
-            ));
-        }
-        Ok(pf)
+    fn names(&self, _found: &Located<Property>) -> ProfileName {
+        ProfileName { profile: self.profile.clone() }
     }
 
-    /// A backup that differs from the file belongs to a rotation that never ended; overwriting it
-    /// would lose the only copy of what that rotation must restore.
-    fn stale_backup(&self, backup: &Path, current: &[u8]) -> Result<Option<String>, TargetError> {
-        match fs::read(backup).map(Zeroizing::new) {
-            Ok(old) if old.as_slice() == current => Ok(None),
-            Ok(_) => Ok(Some(format!(
-                "{} holds a backup from a rotation that did not finish; resume or roll back that rotation, \
-                 or delete the backup if it is over",
-                backup.display()
-            ))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io_err("cannot read backup", backup, e)),
-        }
+    /// The profile is found afresh: the spec names it, and the checks of `locate` still apply.
+    fn relocate(&self, _names: &ProfileName, _file: &Path, bytes: &[u8]) -> Result<Located<Property>, ErrorKind> {
+        self.locate(bytes)
     }
 
-    fn snapshot(&self) -> Result<ProfileSnapshot, TargetError> {
-        let (path, bytes) = self.read()?;
-        let found = self.locate(&bytes)?;
-        let meta = fs::metadata(&path).map_err(|e| self.io_err("cannot stat credentials file", &path, e))?;
-        let backup = backup_path(&path);
-        if let Some(problem) = self.stale_backup(&backup, &bytes)? {
-            return Err(self.err(ErrorKind::Unusable(problem)));
-        }
-        write_atomic(&backup, &bytes, &meta).map_err(|e| self.io_err("cannot write backup", &backup, e))?;
-        Ok(ProfileSnapshot {
-            path,
-            backup,
-            profile: self.profile.clone(),
-            len: bytes.len() as u64,
-            fnv1a64: fnv1a64(&bytes),
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            old_key_id: found.key_id,
-        })
+    fn range(value: &Property) -> Range<usize> {
+        value.value.clone()
     }
 
-    fn apply(&self, snap: &ProfileSnapshot, key_id: &str, secret: &str) -> Result<(), TargetError> {
-        let bytes = Zeroizing::new(
-            fs::read(&snap.path).map_err(|e| self.io_err("cannot read credentials file", &snap.path, e))?,
-        );
-        let found = self.locate(&bytes)?;
-        if &bytes[found.id.value.clone()] == key_id.as_bytes()
-            && &bytes[found.secret.value.clone()] == secret.as_bytes()
-        {
-            return Ok(());
-        }
-        // A file edited since the snapshot would lose that edit on rollback: stop before changing it.
-        if !snap.matches(&bytes) {
-            return Err(self.err(ErrorKind::Unusable(format!(
-                "{} changed since its snapshot was taken; start the rotation again",
-                snap.path.display()
-            ))));
-        }
+    fn holds(value: &Property, bytes: &[u8], wanted: &str) -> bool {
+        &bytes[value.value.clone()] == wanted.as_bytes()
+    }
+
+    fn check_writable(
+        &self,
+        _found: &Located<Property>,
+        file: &Path,
+        key_id: &str,
+        secret: &str,
+    ) -> Result<(), ErrorKind> {
         for (key, value) in [(ID_KEY, key_id), (SECRET_KEY, secret)] {
             // Anything the parser would cut or read differently must not be half-written.
             if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(self.err(ErrorKind::Unusable(format!(
+                return Err(ErrorKind::Unusable(format!(
                     "the new value of {key} is empty or has blanks; it cannot be written to {}",
-                    snap.path.display()
-                ))));
+                    file.display()
+                )));
             }
         }
-        let mut edits = [(found.id.value, key_id.as_bytes()), (found.secret.value, secret.as_bytes())];
-        edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
-        let mut out = Zeroizing::new(bytes.to_vec());
-        for (range, value) in edits.iter() {
-            out.splice(range.clone(), value.iter().copied());
-        }
-        let meta = fs::metadata(&snap.path).map_err(|e| self.io_err("cannot stat credentials file", &snap.path, e))?;
-        write_atomic(&snap.path, &out, &meta).map_err(|e| self.io_err("cannot rewrite credentials file", &snap.path, e))
+        Ok(())
     }
 
-    /// Returns whether the file had to be restored.
-    fn rollback(&self, snap: &ProfileSnapshot) -> Result<bool, TargetError> {
-        let current = match fs::read(&snap.path) {
-            Ok(b) => Some(Zeroizing::new(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(self.io_err("cannot read credentials file", &snap.path, e)),
-        };
-        if let Some(bytes) = &current
-            && snap.matches(bytes)
-        {
-            let mode = fs::metadata(&snap.path).map(|m| m.mode() & 0o7777).unwrap_or(snap.mode);
-            if mode != snap.mode {
-                fs::set_permissions(&snap.path, Permissions::from_mode(snap.mode))
-                    .map_err(|e| self.io_err("cannot restore mode of", &snap.path, e))?;
-            }
-            return Ok(false);
-        }
-        let backup = match fs::read(&snap.backup) {
-            Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Restored by hand, or the rotation finished: the old key id is all we can check.
-                if let Some(bytes) = &current
-                    && let Ok(found) = self.locate(bytes)
-                    && found.key_id == snap.old_key_id
-                {
-                    return Ok(false);
-                }
-                return Err(self.err(ErrorKind::NotFound(format!(
-                    "backup {} is gone and [{}] in {} does not hold the old key {}; restore the profile by hand",
-                    snap.backup.display(),
-                    snap.profile,
-                    snap.path.display(),
-                    snap.old_key_id.as_deref().unwrap_or("(none)")
-                ))));
-            }
-            Err(e) => return Err(self.io_err("cannot read backup", &snap.backup, e)),
-        };
-        if !snap.matches(&backup) {
-            return Err(self.err(ErrorKind::Backend(format!(
-                "backup {} is not the one this rotation wrote (it changed since); restore {} by hand",
-                snap.backup.display(),
-                snap.path.display()
-            ))));
-        }
-        write_atomic_with(&snap.path, &backup, snap.mode, snap.uid, snap.gid)
-            .map_err(|e| self.io_err("cannot restore credentials file", &snap.path, e))?;
-        Ok(true)
+    fn holds_key_id(&self, _names: &ProfileName, bytes: &[u8], old_key_id: Option<&str>) -> bool {
+        self.locate(bytes).is_ok_and(|found| found.key_id.as_deref() == old_key_id)
     }
 
-    /// The secrets of the profile in the file and its backup, to scrub them from command output.
-    fn known_secrets(&self, snap: &ProfileSnapshot) -> Vec<Zeroizing<String>> {
-        let mut found = Vec::new();
-        for path in [&snap.path, &snap.backup] {
-            let Ok(bytes) = fs::read(path).map(Zeroizing::new) else { continue };
-            if let Ok(located) = self.locate(&bytes) {
-                found.push(Zeroizing::new(String::from_utf8_lossy(&bytes[located.secret.value]).into_owned()));
-            }
+    fn secret(&self, _names: &ProfileName, bytes: &[u8]) -> Option<Zeroizing<String>> {
+        let found = self.locate(bytes).ok()?;
+        Some(Zeroizing::new(String::from_utf8_lossy(&bytes[found.secret.value]).into_owned()))
+    }
+
+    fn describe(&self, _found: &Located<Property>) -> String {
+        format!("{ID_KEY} and {SECRET_KEY} of [{}]", self.profile)
+    }
+
+    fn scope(names: &ProfileName, file: &Path) -> String {
+        format!("[{}] in {}", names.profile, file.display())
+    }
+
+    fn warnings(
+        &self,
+        found: &Located<Property>,
+        file: &Path,
+        meta: &Metadata,
+        _restart_cmd: Option<&str>,
+    ) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if found.key_id.is_none() {
+            warnings.push(format!("{ID_KEY} of [{}] is empty in {}", self.profile, file.display()));
         }
-        found
+        if meta.mode() & 0o077 != 0 {
+            warnings.push(format!(
+                "{} is readable or writable by other users (mode {:04o}); the AWS CLI creates it 0600",
+                file.display(),
+                meta.mode() & 0o7777
+            ));
+        }
+        warnings
+    }
+
+    fn restart_env(names: &ProfileName) -> Vec<(&'static str, &OsStr)> {
+        vec![("REKEY_PROFILE", OsStr::new(&names.profile))]
     }
 }
 
 /// One `key = value` line of a section. `value` is the byte range of the value, which is all a
 /// rewrite replaces.
 #[derive(Clone)]
-struct Property {
+pub struct Property {
     /// Lower-cased: botocore reads `AWS_ACCESS_KEY_ID =` as `aws_access_key_id`.
     key: String,
     line: usize,
@@ -567,7 +301,11 @@ fn parse(bytes: &[u8]) -> Vec<Section> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{NewKey, Target, TargetError};
+    use async_trait::async_trait;
     use secrecy::SecretString;
+    use std::fs::{self, Permissions};
+    use std::os::unix::fs::PermissionsExt;
 
     const OLD_ID: &str = "AKIAOLDOLDOLDOLD0001";
     const NEW_ID: &str = "AKIANEWNEWNEWNEW0002";
