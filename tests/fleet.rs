@@ -118,9 +118,7 @@ async fn run_rotates_exactly_the_due_users_and_one_failure_rolls_back_alone() {
     assert!(line.contains("unknown field `colour`"), "{line}");
 
     // fleet-14's probe can never pass: that rotation rolls back, the others go through.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let probe = format!("probes = [\"http://{}/health\"]", dead.local_addr().unwrap());
-    drop(dead);
+    let probe = format!("probes = [\"{}\"]", dead_probe_url());
     let config = fleet.config(15, "", &HashMap::from([(14, probe.as_str())]));
     let config = config.to_str().unwrap();
 

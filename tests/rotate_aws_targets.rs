@@ -506,9 +506,7 @@ async fn an_ecs_rollback_with_the_shipped_policy_restores_the_revision_and_dereg
     moto.set_auth(true).await;
 
     // Nothing listens there: the probe fails after the new revision is deployed.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let probe = format!("http://{}/health", dead.local_addr().unwrap());
-    drop(dead);
+    let probe = dead_probe_url();
     let target = format!("ecs:{CLUSTER}/{SERVICE}");
     let mut args = vec![
         "rotate",

@@ -80,9 +80,7 @@ async fn a_failing_probe_restores_the_file_byte_for_byte_and_deletes_the_new_key
     moto.set_auth(true).await;
     let target = format!("env:{}", env_path.display());
     // Nothing listens there: the probe can never pass.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let probe = format!("http://{}/health", dead.local_addr().unwrap());
-    drop(dead);
+    let probe = dead_probe_url();
     let mut args =
         vec!["rotate", "--user", &s.app_user, "--target", &target, "--probe", &probe, "--probe-timeout", "3s"];
     args.extend(FAST);
@@ -187,9 +185,7 @@ async fn ctrl_c_during_the_rotation_rolls_back() {
     moto.set_auth(true).await;
     let target = format!("env:{}", env_path.display());
     // A probe that never passes keeps rekey waiting, with the file already rewritten.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let probe = format!("http://{}/health", dead.local_addr().unwrap());
-    drop(dead);
+    let probe = dead_probe_url();
 
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rekey"));
     cmd.env_clear().envs(moto.env_for(&s.admin)).arg("--state-dir").arg(dir.path());

@@ -110,6 +110,12 @@ pub async fn keys_of(moto: &Moto, admin: &Creds, user: &str) -> Vec<(String, Str
         .collect()
 }
 
+/// A health URL nothing listens on: a probe that can never pass.
+pub fn dead_probe_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    format!("http://{}/health", listener.local_addr().expect("bound"))
+}
+
 pub fn state_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
