@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{ContainerDefinition, KeyValuePair, TaskDefinitionStatus};
-use rekey_adapters::conformance::{Fixture, run};
+use rekey_adapters::conformance::{FileFixture, Fixture, run};
 use rekey_adapters::{NewKey, Options, Target, TargetSpec};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -37,43 +37,7 @@ async fn timed(what: &str, fixture: &dyn Fixture) {
 // ---------------------------------------------------------------------------------------------
 // env file
 
-struct EnvFixture {
-    dir: tempfile::TempDir,
-    path: PathBuf,
-    sdk: aws_types::SdkConfig,
-}
-
 const ENV_OLD_ID: &str = "AKIAENVOLDKEY0000001";
-
-#[async_trait]
-impl Fixture for EnvFixture {
-    fn target(&self) -> Box<dyn Target> {
-        rekey_adapters::build(&spec(&format!("env:{}", self.path.display())), &self.sdk, &options())
-    }
-
-    /// The bytes and the mode of the file.
-    async fn observe(&self) -> Vec<u8> {
-        let mut out = std::fs::read(&self.path).unwrap();
-        let mode = std::fs::metadata(&self.path).unwrap().permissions().mode();
-        out.extend(format!("\nmode {mode:o}").bytes());
-        out
-    }
-
-    fn old_key_id(&self) -> Option<String> {
-        Some(ENV_OLD_ID.to_string())
-    }
-
-    /// Every other file in the folder (backups, temp files).
-    async fn residue(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "app.env")
-            .collect();
-        names.sort();
-        names
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_file_passes_the_conformance_suite() {
@@ -88,9 +52,8 @@ async fn env_file_passes_the_conformance_suite() {
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-    // Building talks to nothing; an env file needs no emulator.
-    let sdk = aws_types::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build();
-    timed("env file", &EnvFixture { dir, path, sdk }).await;
+    timed("env file", &FileFixture::new(&path, &format!("env:{}", path.display()), ENV_OLD_ID)).await;
+    drop(dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,43 +341,7 @@ async fn ecs_secrets_mode_passes_the_conformance_suite() {
 // ---------------------------------------------------------------------------------------------
 // AWS shared credentials file profile
 
-struct ProfileFixture {
-    dir: tempfile::TempDir,
-    path: PathBuf,
-    sdk: aws_types::SdkConfig,
-}
-
 const PROFILE_OLD_ID: &str = "AKIAPROFILEOLDKEY001";
-
-#[async_trait]
-impl Fixture for ProfileFixture {
-    fn target(&self) -> Box<dyn Target> {
-        rekey_adapters::build(&spec(&format!("profile:app@{}", self.path.display())), &self.sdk, &options())
-    }
-
-    /// The bytes and the mode of the file.
-    async fn observe(&self) -> Vec<u8> {
-        let mut out = std::fs::read(&self.path).unwrap();
-        let mode = std::fs::metadata(&self.path).unwrap().permissions().mode();
-        out.extend(format!("\nmode {mode:o}").bytes());
-        out
-    }
-
-    fn old_key_id(&self) -> Option<String> {
-        Some(PROFILE_OLD_ID.to_string())
-    }
-
-    /// Every other file in the folder (backups, temp files).
-    async fn residue(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "credentials")
-            .collect();
-        names.sort();
-        names
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_passes_the_conformance_suite() {
@@ -431,9 +358,8 @@ async fn profile_passes_the_conformance_suite() {
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    // Building talks to nothing; a credentials file needs no emulator.
-    let sdk = aws_types::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build();
-    timed("profile", &ProfileFixture { dir, path, sdk }).await;
+    timed("profile", &FileFixture::new(&path, &format!("profile:app@{}", path.display()), PROFILE_OLD_ID)).await;
+    drop(dir);
 }
 
 // ---------------------------------------------------------------------------------------------

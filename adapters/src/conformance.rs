@@ -234,6 +234,54 @@ fn same(case: &str, message: &str, want: &[u8], got: &[u8], key: &NewKey) {
     );
 }
 
+/// A target kept in one local file (`env:`, `profile:`): observed as the file's bytes and mode, with
+/// any other file in its folder (a backup, a temp file) as residue. The test owns the folder.
+pub struct FileFixture {
+    pub path: std::path::PathBuf,
+    pub spec: crate::TargetSpec,
+    pub old_key_id: String,
+}
+
+impl FileFixture {
+    /// `spec` names the file; a spec that does not parse is a broken test.
+    pub fn new(path: impl Into<std::path::PathBuf>, spec: &str, old_key_id: &str) -> Self {
+        let spec = spec.parse().unwrap_or_else(|e| panic!("fixture spec {spec}: {e}"));
+        FileFixture { path: path.into(), spec, old_key_id: old_key_id.to_string() }
+    }
+}
+
+#[async_trait]
+impl Fixture for FileFixture {
+    fn target(&self) -> Box<dyn Target> {
+        // Building talks to nothing; a local file needs no AWS configuration.
+        crate::build(&self.spec, &aws_types::SdkConfig::builder().build(), &crate::Options::default())
+    }
+
+    async fn observe(&self) -> Vec<u8> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut out = std::fs::read(&self.path).expect("the fixture's file is readable");
+        let mode = std::fs::metadata(&self.path).expect("the fixture's file exists").permissions().mode();
+        out.extend(format!("\nmode {mode:o}").bytes());
+        out
+    }
+
+    fn old_key_id(&self) -> Option<String> {
+        Some(self.old_key_id.clone())
+    }
+
+    async fn residue(&self) -> Vec<String> {
+        let folder = self.path.parent().expect("the fixture's file is in a folder");
+        let mut names: Vec<String> = std::fs::read_dir(folder)
+            .expect("the fixture's folder is readable")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path() != self.path)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

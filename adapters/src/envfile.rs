@@ -335,7 +335,6 @@ fn fits(a: &Assignment, value: &str) -> Result<(), &'static str> {
 mod tests {
     use super::*;
     use crate::{NewKey, Target};
-    use async_trait::async_trait;
     use secrecy::SecretString;
     use std::fs::{self, Permissions};
     use std::os::unix::fs::PermissionsExt;
@@ -542,38 +541,6 @@ mod tests {
         assert!(matches!(e.kind, ErrorKind::Timeout { .. }), "{e}");
     }
 
-    struct TempEnv {
-        dir: tempfile::TempDir,
-        path: PathBuf,
-    }
-
-    #[async_trait]
-    impl crate::conformance::Fixture for TempEnv {
-        fn target(&self) -> Box<dyn Target> {
-            Box::new(target_for(&self.path, "", &Options::default()))
-        }
-
-        async fn observe(&self) -> Vec<u8> {
-            let mut out = fs::read(&self.path).unwrap();
-            out.extend(format!("\nmode {:o}", fs::metadata(&self.path).unwrap().mode()).bytes());
-            out
-        }
-
-        fn old_key_id(&self) -> Option<String> {
-            Some(OLD_ID.to_string())
-        }
-
-        async fn residue(&self) -> Vec<String> {
-            let mut names: Vec<String> = fs::read_dir(self.dir.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n != ".env")
-                .collect();
-            names.sort();
-            names
-        }
-    }
-
     #[tokio::test]
     async fn passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
@@ -581,7 +548,8 @@ mod tests {
             "# deployed by ops\r\nexport AWS_ACCESS_KEY_ID=\"{OLD_ID}\" # rotated by rekey\r\nREGION=eu-west-1\r\nAWS_SECRET_ACCESS_KEY='old/secret+value'"
         );
         let path = write(dir.path(), ".env", content.as_bytes(), 0o640);
-        let fixture = TempEnv { dir, path };
+        let fixture = crate::conformance::FileFixture::new(&path, &format!("env:{}", path.display()), OLD_ID);
         crate::conformance::run(&fixture, &key()).await;
+        drop(dir);
     }
 }

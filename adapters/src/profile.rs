@@ -302,7 +302,6 @@ fn parse(bytes: &[u8]) -> Vec<Section> {
 mod tests {
     use super::*;
     use crate::{NewKey, Target, TargetError};
-    use async_trait::async_trait;
     use secrecy::SecretString;
     use std::fs::{self, Permissions};
     use std::os::unix::fs::PermissionsExt;
@@ -501,38 +500,6 @@ mod tests {
         assert!(text.contains("[redacted]") && !text.contains(NEW_SECRET), "{text}");
     }
 
-    struct TempProfile {
-        dir: tempfile::TempDir,
-        path: PathBuf,
-    }
-
-    #[async_trait]
-    impl crate::conformance::Fixture for TempProfile {
-        fn target(&self) -> Box<dyn Target> {
-            Box::new(target_for("app", &self.path, &Options::default()))
-        }
-
-        async fn observe(&self) -> Vec<u8> {
-            let mut out = fs::read(&self.path).unwrap();
-            out.extend(format!("\nmode {:o}", fs::metadata(&self.path).unwrap().mode()).bytes());
-            out
-        }
-
-        fn old_key_id(&self) -> Option<String> {
-            Some(OLD_ID.to_string())
-        }
-
-        async fn residue(&self) -> Vec<String> {
-            let mut names: Vec<String> = fs::read_dir(self.dir.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "credentials")
-                .collect();
-            names.sort();
-            names
-        }
-    }
-
     #[tokio::test]
     async fn passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
@@ -541,6 +508,8 @@ mod tests {
              aws_access_key_id = {OLD_ID}\r\nregion = eu-west-1\r\naws_secret_access_key = old/secret+value"
         );
         let path = write(dir.path(), "credentials", content.as_bytes(), 0o600);
-        crate::conformance::run(&TempProfile { dir, path }, &key()).await;
+        let fixture = crate::conformance::FileFixture::new(&path, &format!("profile:app@{}", path.display()), OLD_ID);
+        crate::conformance::run(&fixture, &key()).await;
+        drop(dir);
     }
 }
