@@ -1,27 +1,21 @@
-//! rekey: rotate AWS IAM access keys of deployed applications with zero downtime.
+//! rekey: rotate AWS IAM access keys of deployed applications with zero downtime, and take a team
+//! through the first hours after a key leaks.
 //!
-//! - [`rotation`] is the state machine, readable top to bottom;
-//! - [`journal`] makes it crash-safe;
-//! - [`iam`], [`probe`], [`clock`] and the target adapters (crate `rekey_adapters`) are the side
-//!   effects, each behind a trait so that tests can drive every step through its failures.
+//! One folder per command, so the tree shows the architecture:
+//! - [`rotate`]: one user's rotation, a crash-safe state machine whose side effects (IAM, the
+//!   targets in `rekey_adapters`, the probe, the clock) are traits that tests drive through faults;
+//! - [`fleet`]: `plan`/`run`/`audit` over the rotations of a `rekey.toml`;
+//! - [`trace`]: `rekey trace`, a key's CloudTrail records (the engine is the `rekey_trail` crate);
+//! - [`incident`]: `identify → fence → cut over → investigate → report` for a leaked key.
+//!
+//! Around them: [`cli`] parses and prints, [`aws`] loads the SDK and renders its errors as one line,
+//! [`exit`] says how a command ended, [`progress`] is the shared progress display.
 
-pub mod athena;
-pub mod audit;
 pub mod aws;
 pub mod cli;
-pub mod clock;
-pub mod config;
+pub mod exit;
 pub mod fleet;
-pub mod iam;
 pub mod incident;
-pub mod journal;
-pub mod lock;
-pub mod logs;
-pub mod probe;
 pub mod progress;
-pub mod rotation;
+pub mod rotate;
 pub mod trace;
-pub mod wait;
-
-#[cfg(test)]
-mod testing;

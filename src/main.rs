@@ -5,10 +5,10 @@ fn main() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("rekey: cannot start the async runtime: {e}");
-            std::process::exit(rekey::cli::exit::INTERNAL);
+            std::process::exit(rekey::exit::Status::Internal.code());
         }
     };
-    let code = runtime.block_on(rekey::cli::main());
+    let code = runtime.block_on(rekey::cli::main()).code();
     // Do not wait for in-flight SDK connections to wind down: the outcome is already printed.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     std::process::exit(code);

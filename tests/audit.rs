@@ -10,8 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use rekey::audit::{AuditReport, NEEDS_ACTION};
-use rekey::config::Config;
+use rekey::exit::Status;
+use rekey::fleet::audit::AuditReport;
+
+const NEEDS_ACTION: i32 = Status::NeedsAction.code();
+use rekey::fleet::config::Config;
 use support::*;
 use testbed::moto::{ADMIN_USER, APP_USER, Creds, Moto, Seeded, create_user, seed};
 
@@ -198,23 +201,23 @@ async fn audit_finds_each_problem_exactly_where_it_is() {
     let sdk = moto.sdk_config(&s.admin);
 
     let clean = Config::load(&clean_config(dir.path())).unwrap();
-    let r = rekey::audit::audit(&sdk, Some(&clean), SystemTime::now()).await.unwrap();
+    let r = rekey::fleet::audit::audit(&sdk, Some(&clean), SystemTime::now()).await.unwrap();
     assert_eq!(seen_in_report(&r), Seen::new(), "{r:#?}");
-    assert_eq!(rekey::audit::exit_code(&r), 0);
+    assert_eq!(rekey::fleet::audit::status(&r), Status::Ok);
     assert_eq!((r.summary.accounts, r.summary.users, r.summary.access_keys), (1, 2, 2));
     assert_eq!(r.accounts[0].root_access_keys, Some(false));
 
     let dirty = make_dirty(&moto, &s, dir.path()).await;
     age_then_use(&moto, &dirty).await;
     let config = Config::load(&dirty.config).unwrap();
-    let r = rekey::audit::audit(&sdk, Some(&config), SystemTime::now()).await.unwrap();
+    let r = rekey::fleet::audit::audit(&sdk, Some(&config), SystemTime::now()).await.unwrap();
     assert_eq!(seen_in_report(&r), dirty.expected, "{r:#?}");
-    assert_eq!(rekey::audit::exit_code(&r), NEEDS_ACTION);
+    assert_eq!(rekey::fleet::audit::status(&r), Status::NeedsAction);
     let ids: Vec<&str> = r.accounts.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, [HOME, REMOTE]);
     assert_eq!(r.accounts[1].role_arn.as_deref(), Some(REMOTE_ROLE));
     assert_eq!(r.accounts[1].users, 2);
-    let human = r.findings.iter().find(|f| f.kind == rekey::audit::Kind::HumanWithoutMfa).unwrap();
+    let human = r.findings.iter().find(|f| f.kind == rekey::fleet::audit::Kind::HumanWithoutMfa).unwrap();
     assert!(human.what.starts_with("keys of a human user without MFA: alice"), "{}", human.what);
     let app = r.findings.iter().find(|f| f.user.as_deref() == Some(APP_USER)).unwrap();
     assert_eq!(
@@ -225,7 +228,7 @@ async fn audit_finds_each_problem_exactly_where_it_is() {
     );
 
     // Without a config: 90-day defaults, and coverage is not judged; the remote account is not known.
-    let r = rekey::audit::audit(&sdk, None, SystemTime::now()).await.unwrap();
+    let r = rekey::fleet::audit::audit(&sdk, None, SystemTime::now()).await.unwrap();
     let two_b = dirty.expected.iter().find(|(_, k, ..)| k == "two_active_keys").unwrap().3.clone();
     let expected = expect(&[(HOME, "human_without_mfa", "alice", "-"), (HOME, "two_active_keys", "two-keys", &two_b)]);
     assert_eq!(seen_in_report(&r), expected, "{r:#?}");
@@ -261,19 +264,19 @@ async fn audit_runs_with_exactly_the_audit_policy_and_reports_an_unassumable_acc
          [[rotation]]\nuser = \"auditor-without-sts\"\ntargets = [\"env:/d.env\"]\n"
     );
     let clean = Config::load(&write_config(dir.path(), "clean.toml", &covered)).unwrap();
-    let r = rekey::audit::audit(&moto.sdk_config(&auditor), Some(&clean), SystemTime::now()).await.unwrap();
+    let r = rekey::fleet::audit::audit(&moto.sdk_config(&auditor), Some(&clean), SystemTime::now()).await.unwrap();
     assert_eq!(seen_in_report(&r), Seen::new(), "the audit policy is enough: {r:#?}");
     assert_eq!(r.summary.users, 4);
 
     let with_account = format!("{covered}\n[[account]]\nid = \"{REMOTE}\"\nrole_arn = \"{REMOTE_ROLE}\"\n");
     let config = Config::load(&write_config(dir.path(), "accounts.toml", &with_account)).unwrap();
-    let r = rekey::audit::audit(&moto.sdk_config(&blind), Some(&config), SystemTime::now()).await.unwrap();
+    let r = rekey::fleet::audit::audit(&moto.sdk_config(&blind), Some(&config), SystemTime::now()).await.unwrap();
     assert_eq!(seen_in_report(&r), expect(&[(REMOTE, "cannot_audit", "-", "-")]), "{r:#?}");
     let f = &r.findings[0];
     assert!(f.what.starts_with(&format!("cannot audit account {REMOTE}: cannot assume {REMOTE_ROLE}")), "{}", f.what);
     assert!(f.what.contains("AccessDenied"), "{}", f.what);
     assert!(!r.accounts[1].audited);
-    assert_eq!(rekey::audit::exit_code(&r), NEEDS_ACTION);
+    assert_eq!(rekey::fleet::audit::status(&r), Status::NeedsAction);
 
     moto.set_auth(false).await;
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rekey::lock::{Acquired, DynamoDbLock, UserLock};
+use rekey::fleet::lock::{Acquired, DynamoDbLock, UserLock};
 use support::*;
 use testbed::moto::{Creds, Moto, create_user, seed};
 

@@ -315,7 +315,7 @@ impl Runner<'_> {
         LogEntry {
             incident: self.plan.incident.clone(),
             action_id: a.id.clone(),
-            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            time: rekey_trail::time::format(SystemTime::now()),
             mode: mode.to_string(),
             status: status.to_string(),
             error,

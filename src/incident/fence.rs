@@ -23,6 +23,7 @@
 //!   denied by the VPC condition alone); no VPC learned → the VPC condition is left out. Neither →
 //!   the statement would deny everything: that is refused, not applied.
 
+use rekey_trail::time::parse as parse_time;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, SystemTime};
@@ -70,14 +71,6 @@ impl From<&TimelineEvent> for SourceEvent {
             vpc_id: None,
         }
     }
-}
-
-fn parse_time(s: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(s.trim_end_matches('Z').trim_end_matches("+00:00")).ok()
-}
-
-fn fmt_time(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Learns the fence's allowed sources from the key's own history. See [`learn_sources_from`].
@@ -186,14 +179,16 @@ pub fn learn_sources_from(
             kind: KINDS[kind as usize].to_string(),
             value,
             events: seen.count,
-            first_seen: seen.first.map(fmt_time),
-            last_seen: seen.last.map(fmt_time),
+            first_seen: seen.first.map(rekey_trail::time::format),
+            last_seen: seen.last.map(rekey_trail::time::format),
         });
     }
     for (_, value) in later {
         let why = match (heuristic, cutoff) {
             (true, _) => "seen only in the last 24h of the history, not trusted".to_string(),
-            (false, Some(c)) => format!("seen only from {} on, when the attack had begun", fmt_time(c)),
+            (false, Some(c)) => {
+                format!("seen only from {} on, when the attack had begun", rekey_trail::time::format(c))
+            }
             (false, None) => "seen only after the attack began".to_string(),
         };
         excluded.entry(value).or_insert(why);

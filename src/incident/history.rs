@@ -197,7 +197,7 @@ impl EventHistory for AwsEventHistory {
                     "eventName": e.event_name(),
                     "eventSource": e.event_source(),
                     "eventTime": e.event_time().and_then(|t| SystemTime::try_from(*t).ok())
-                        .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                        .map(rekey_trail::time::format),
                     "userIdentity": { "accessKeyId": e.access_key_id(), "userName": e.username() },
                 })
                 .to_string(),
@@ -373,7 +373,7 @@ pub async fn collect(
     let oldest = SystemTime::now().checked_sub(RETENTION).unwrap_or(SystemTime::UNIX_EPOCH);
     let clamped = start < oldest;
     let from = start.max(oldest);
-    let fmt = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let fmt = |t: SystemTime| rekey_trail::time::format(t);
     let mut covers = format!("{} to {}, management events only", fmt(from), fmt(end));
     if clamped {
         covers.push_str(&format!(
@@ -588,7 +588,7 @@ fn ingest(shared: &Shared<'_>, st: &mut State, index: usize, key: &str, events: 
                 st.not_followed += 1;
             }
         }
-        let time = record.as_ref().and_then(|r| r.time()).and_then(rekey_trail::parse_time);
+        let time = record.as_ref().and_then(|r| r.time()).and_then(rekey_trail::time::parse);
         drop(record);
         st.regions[index].events += 1;
         let region = st.regions[index].name.clone();

@@ -15,6 +15,7 @@
 //! A caller merging them with other findings renumbers with [`Hunt::renumber`], which keeps the
 //! action → finding links.
 
+use rekey_trail::time::parse as parse_time;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
@@ -1762,10 +1763,6 @@ fn show(c: Option<&Contact>) -> String {
         Some(c) => format!("{} <{}> {}", c.name, c.email, c.phone),
         None => "not set".into(),
     }
-}
-
-fn parse_time(s: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(s.trim_end_matches(['Z', 'z'])).ok()
 }
 
 fn req<'e>(e: &'e TimelineEvent, key: &str) -> Option<&'e str> {

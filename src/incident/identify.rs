@@ -7,7 +7,7 @@ use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::types::{StatusType, SummaryKeyType};
 
 use super::model::Owner;
-use crate::iam::Caller;
+use crate::rotate::iam::Caller;
 
 /// Prefix of every AWS managed quarantine policy (V1 had no suffix, then V2, V3, V4).
 pub const QUARANTINE_PREFIX: &str = "AWSCompromisedKeyQuarantine";
@@ -125,7 +125,7 @@ pub async fn identify(
                 owner.last_used = used
                     .last_used_date()
                     .and_then(|d| std::time::SystemTime::try_from(*d).ok())
-                    .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+                    .map(rekey_trail::time::format);
                 owner.last_used_service = Some(used.service_name().to_string()).filter(|s| !s.is_empty() && s != "N/A");
                 owner.last_used_region = Some(used.region().to_string()).filter(|s| !s.is_empty() && s != "N/A");
             }

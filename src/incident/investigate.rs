@@ -148,8 +148,8 @@ pub struct Inputs<'a> {
 
 /// The trail read through Athena: the same records, found by SQL over the bucket.
 pub struct AthenaReader<'a> {
-    pub api: &'a dyn crate::athena::AthenaApi,
-    pub settings: crate::athena::AthenaSettings,
+    pub api: &'a dyn crate::trace::athena::AthenaApi,
+    pub settings: crate::trace::athena::AthenaSettings,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -360,7 +360,7 @@ pub async fn investigate(inputs: Inputs<'_>) -> Investigation {
         query.since = Some(inputs.start);
         query.until = Some(inputs.end);
         let mut matches = Vec::new();
-        let result = crate::athena::search(athena.api, &athena.settings, &query, &mut |m| matches.push(m)).await;
+        let result = crate::trace::athena::search(athena.api, &athena.settings, &query, &mut |m| matches.push(m)).await;
         let status = match &result {
             Ok(summary) => {
                 for d in &summary.derived {
@@ -500,7 +500,7 @@ pub async fn investigate(inputs: Inputs<'_>) -> Investigation {
         for m in matches {
             let seen = names.get(&m.source).cloned().unwrap_or_else(|| m.source.clone());
             if let Some(e) = timeline_event(&m.raw, m.chain.clone(), &seen)
-                && parse_time_of(&e.time).is_some_and(|t| t < inputs.start)
+                && rekey_trail::time::parse(&e.time).is_some_and(|t| t < inputs.start)
             {
                 inv.context.push(e);
             }
@@ -719,13 +719,7 @@ fn event_blind_spots(timeline: &[TimelineEvent], out: &mut Vec<BlindSpot>) {
     }
 }
 
-fn parse_time_of(s: &str) -> Option<SystemTime> {
-    rekey_trail::parse_time(s)
-}
-
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+pub use rekey_trail::time::format as rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -10,12 +10,12 @@
 //! parameters). Markdown escapes it; the page embeds the data as JSON with every `<` escaped and
 //! renders it with `textContent` only, never as markup.
 
+use rekey_trail::time::parse as parse_time;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use rekey_trail::classify::Category;
 
@@ -121,10 +121,6 @@ fn chain_label(ev: &TimelineEvent) -> String {
 
 fn service(ev: &TimelineEvent) -> &str {
     ev.event_source.strip_suffix(".amazonaws.com").unwrap_or(&ev.event_source)
-}
-
-fn parse_time(s: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(s.trim_end_matches('Z').trim_end_matches('z')).ok()
 }
 
 /// Events in time order (unparseable times sort by their text, after the rest).

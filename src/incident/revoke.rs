@@ -37,7 +37,7 @@ pub fn revoke_policy(issued_before: SystemTime) -> serde_json::Value {
 fn issued_before_text(t: SystemTime) -> String {
     let frac = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let up = if frac == 0 { t } else { t + std::time::Duration::from_nanos(u64::from(1_000_000_000 - frac)) };
-    humantime::format_rfc3339_seconds(up).to_string()
+    rekey_trail::time::format(up)
 }
 
 /// The role name from a role name, a role ARN (`arn:aws:iam::123:role/path/name`) or an

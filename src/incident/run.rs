@@ -24,7 +24,7 @@ use super::investigate::{AwsTrails, Inputs, OpenS3, investigate, rfc3339};
 use super::model::{CutoverReport, FenceReport, Finding, Plan, Report, Severity};
 use super::report::write_reports;
 use super::revoke;
-use crate::rotation::{self, Effects, Settings};
+use crate::rotate::machine::{self as rotation, Effects, Settings};
 
 /// How the leaked key is replaced.
 pub enum Cutover {
@@ -52,14 +52,14 @@ pub struct IncidentSettings {
     pub fence: bool,
     pub cutover: Cutover,
     /// Query the trail bucket with Athena instead of reading its files.
-    pub athena: Option<crate::athena::AthenaSettings>,
+    pub athena: Option<crate::trace::athena::AthenaSettings>,
 }
 
 /// What the command line prints and exits with.
 pub struct Outcome {
     pub report: Report,
     pub files: Vec<PathBuf>,
-    pub exit: i32,
+    pub exit: crate::exit::Status,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +175,7 @@ pub async fn run(
 
     // 5. Cut over.
     let mut cutover_report = None;
-    let mut exit = crate::cli::exit::OK;
+    let mut exit = crate::exit::Status::Ok;
     if !settings.read_only {
         let skip = |todo: &mut Vec<String>, why: String| {
             todo.push(format!(
@@ -200,9 +200,9 @@ pub async fn run(
                 match rotation::rotate(fx, &rotate_settings, interrupt).await {
                     Ok(r) => {
                         exit = match r.outcome() {
-                            crate::journal::Outcome::Rotated => exit,
-                            crate::journal::Outcome::RolledBack => crate::cli::exit::ROLLED_BACK,
-                            _ => crate::cli::exit::FAILED,
+                            crate::rotate::journal::Outcome::Rotated => exit,
+                            crate::rotate::journal::Outcome::RolledBack => crate::exit::Status::RolledBack,
+                            _ => crate::exit::Status::Failed,
                         };
                         if r.outcome != "rotated" {
                             todo.push(format!(
@@ -221,7 +221,7 @@ pub async fn run(
                     }
                     Err(refusal) => {
                         todo.push(format!("the cutover was refused: {}", refusal.0));
-                        exit = crate::cli::exit::REFUSED;
+                        exit = crate::exit::Status::Refused;
                         CutoverReport { outcome: "refused".into(), detail: Some(refusal.0), ..CutoverReport::default() }
                     }
                 }
@@ -245,7 +245,7 @@ pub async fn run(
                         ..CutoverReport::default()
                     },
                     Err(e) => {
-                        exit = crate::cli::exit::FAILED;
+                        exit = crate::exit::Status::Failed;
                         CutoverReport {
                             outcome: "failed".into(),
                             detail: Some(aws_sdk_iam::error::DisplayErrorContext(&e).to_string()),

@@ -24,6 +24,7 @@ pub mod classify;
 pub mod record;
 mod scan;
 pub mod source;
+pub mod time;
 
 pub use record::{Record, RecordError, Records};
 pub use scan::scan;
@@ -129,9 +130,4 @@ pub enum ScanError {
     Source(#[from] SourceError),
     #[error("no access key to look for")]
     NoKeys,
-}
-
-/// Parse a CloudTrail timestamp (`2026-11-28T12:11:58Z`, with or without fractions).
-pub fn parse_time(s: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok().or_else(|| humantime::parse_rfc3339(s).ok())
 }

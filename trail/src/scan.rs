@@ -14,7 +14,7 @@ use memchr::memmem;
 
 use crate::record::{Record, Records};
 use crate::source::{Item, Source};
-use crate::{DerivedKey, Match, Query, ScanError, Summary, parse_time};
+use crate::{DerivedKey, Match, Query, ScanError, Summary};
 
 /// The keys known so far, and a searcher for those from `from` on.
 struct KeySet {
@@ -230,7 +230,7 @@ pub fn scan(sources: &[&dyn Source], query: &Query, on_match: &mut dyn FnMut(Mat
                     let mut ks = set.write().expect("lock");
                     if !ks.keys.contains(key) {
                         ks.keys.push(key.clone());
-                        ks.minted_at.push(f.event_time.as_deref().and_then(parse_time));
+                        ks.minted_at.push(f.event_time.as_deref().and_then(crate::time::parse));
                         parent.insert(key.clone(), f.signer.clone());
                         summary.derived.push(DerivedKey {
                             key: key.clone(),

@@ -18,16 +18,18 @@
 //!   "<the records' pk>"}`, put with `attribute_not_exists(pk)` (the exclusion `create_new` gives the
 //!   file) and deleted when the journal is archived. The records stay, as `history/` keeps files.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_dynamodb::types::AttributeValue;
 use rekey_adapters::Snapshot;
 use serde::{Deserialize, Serialize};
+
+mod dynamodb;
+mod local;
+
+pub use dynamodb::SharedJournals;
+use local::{active_dir, io_err, make_private_dir, write_line};
 
 /// Test hook: abort the process right after the journal record with this sequence number is
 /// durable, to prove that `resume` recovers from a crash at every step boundary.
@@ -275,7 +277,7 @@ impl State {
             Event::Grace { phase, until } => {
                 self.grace = StepState::from_phase(*phase);
                 if let Some(u) = until {
-                    self.grace_until = humantime::parse_rfc3339(u).ok();
+                    self.grace_until = rekey_trail::time::parse(u);
                 }
             }
             Event::Deactivate { phase, .. } => self.deactivate = StepState::from_phase(*phase),
@@ -402,340 +404,7 @@ impl Journals {
     }
 }
 
-/// The journals of one account in a DynamoDB table.
-#[derive(Clone)]
-pub struct SharedJournals {
-    client: aws_sdk_dynamodb::Client,
-    table: String,
-    /// A user name is unique only within its account.
-    account: String,
-}
-
-fn table_err(path: PathBuf, what: &str) -> impl FnOnce(String) -> JournalError + '_ {
-    move |e| JournalError::Table { path, problem: format!("{what}: {e}") }
-}
-
-impl SharedJournals {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: &str, account: &str) -> Self {
-        SharedJournals { client, table: table.to_string(), account: account.to_string() }
-    }
-
-    /// Fails when the table is missing or has the wrong keys, before any rotation starts.
-    pub async fn check_table(&self) -> Result<(), String> {
-        let out = self.client.describe_table().table_name(&self.table).send().await.map_err(|e| {
-            if e.code() == Some("ResourceNotFoundException") {
-                format!(
-                    "the journal table {} does not exist; create it (partition key pk, type String; sort key sk, type Number)",
-                    self.table
-                )
-            } else {
-                format!("cannot read the journal table {}: {}", self.table, DisplayErrorContext(&e))
-            }
-        })?;
-        let keys: Vec<(String, String)> = out
-            .table()
-            .map(|t| {
-                t.key_schema()
-                    .iter()
-                    .map(|k| (k.attribute_name().to_string(), k.key_type().as_str().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let want = [("pk".to_string(), "HASH".to_string()), ("sk".to_string(), "RANGE".to_string())];
-        if !want.iter().all(|w| keys.contains(w)) {
-            return Err(format!(
-                "the journal table {} does not have the keys rekey needs (partition key pk, type String; sort key sk, type Number)",
-                self.table
-            ));
-        }
-        Ok(())
-    }
-
-    fn marker_pk(&self, user: &str) -> String {
-        format!("active#{}/{user}", self.account)
-    }
-
-    fn location(&self, pk: &str) -> PathBuf {
-        PathBuf::from(format!("dynamodb://{}/{pk}", self.table))
-    }
-
-    /// The records' `pk` of the unfinished journal of `user`, if there is one.
-    async fn marker(&self, user: &str) -> Result<Option<String>, JournalError> {
-        let pk = self.marker_pk(user);
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", AttributeValue::S(pk.clone()))
-            .key("sk", AttributeValue::N("0".into()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| DisplayErrorContext(&e).to_string())
-            .map_err(table_err(self.location(&pk), "reading"))?;
-        Ok(out.item().and_then(|i| i.get("journal")).and_then(|v| v.as_s().ok()).cloned())
-    }
-
-    async fn create(&self, begin: Begin, now: SystemTime) -> Result<Journal, JournalError> {
-        let user = begin.user.clone();
-        let pk = format!("journal#{}/{user}/{}", self.account, begin.rotation_id);
-        let mut journal = Journal {
-            path: self.location(&pk),
-            sink: Sink::Table { store: self.clone(), pk: pk.clone() },
-            next_seq: 1,
-            state: State::new(begin.clone()),
-            crash_after: crash_after_from_env(),
-        };
-        // The first record goes in before the marker, so that a marker always points to a journal
-        // that can be read: records without a marker (a crash in between) are only an orphan.
-        let record = journal.next_record(Event::Begin(begin), now);
-        journal.append(&record).await?;
-        let marker = self.marker_pk(&user);
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", AttributeValue::S(marker.clone()))
-            .item("sk", AttributeValue::N("0".into()))
-            .item("journal", AttributeValue::S(pk))
-            .item("user", AttributeValue::S(user.clone()))
-            .item("account", AttributeValue::S(self.account.clone()))
-            .item("started_at", AttributeValue::S(now_rfc3339(now)))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match put {
-            Ok(_) => {}
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
-                let path = match self.marker(&user).await {
-                    Ok(Some(records)) => self.location(&records),
-                    _ => self.location(&marker),
-                };
-                return Err(JournalError::Unfinished { user, path });
-            }
-            Err(e) => return Err(table_err(self.location(&marker), "starting")(DisplayErrorContext(&e).to_string())),
-        }
-        journal.applied(record)?;
-        Ok(journal)
-    }
-
-    async fn open(&self, user: &str) -> Result<Option<Journal>, JournalError> {
-        let Some(pk) = self.marker(user).await? else { return Ok(None) };
-        let (state, next_seq) = self.load(&pk).await?;
-        Ok(Some(Journal {
-            path: self.location(&pk),
-            sink: Sink::Table { store: self.clone(), pk },
-            next_seq,
-            state,
-            crash_after: crash_after_from_env(),
-        }))
-    }
-
-    async fn load(&self, pk: &str) -> Result<(State, u64), JournalError> {
-        let path = self.location(pk);
-        let mut lines = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", AttributeValue::S(pk.to_string()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| DisplayErrorContext(&e).to_string())
-                .map_err(table_err(path.clone(), "reading"))?;
-            for item in out.items() {
-                lines.push(item.get("record").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default());
-            }
-            start = out.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
-            }
-        }
-        // A put is all or nothing: no record is ever torn, so every line must parse.
-        fold(&path, &lines, false)
-    }
-
-    async fn list_unfinished(&self) -> Result<Vec<(PathBuf, State)>, JournalError> {
-        let prefix = format!("active#{}/", self.account);
-        let mut journals = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(pk, :p) AND sk = :zero")
-                .expression_attribute_values(":p", AttributeValue::S(prefix.clone()))
-                .expression_attribute_values(":zero", AttributeValue::N("0".into()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| DisplayErrorContext(&e).to_string())
-                .map_err(table_err(self.location(&prefix), "listing"))?;
-            journals.extend(out.items().iter().filter_map(|i| i.get("journal").and_then(|v| v.as_s().ok()).cloned()));
-            start = out.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
-            }
-        }
-        journals.sort();
-        let mut out = Vec::new();
-        for pk in journals {
-            let (state, _) = self.load(&pk).await?;
-            out.push((self.location(&pk), state));
-        }
-        Ok(out)
-    }
-
-    async fn put_record(&self, pk: &str, record: &Record, line: String) -> Result<(), JournalError> {
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", AttributeValue::S(pk.to_string()))
-            .item("sk", AttributeValue::N(record.seq.to_string()))
-            .item("record", AttributeValue::S(line))
-            .condition_expression("attribute_not_exists(sk)")
-            .send()
-            .await;
-        match put {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(JournalError::Table {
-                path: self.location(pk),
-                problem: format!(
-                    "record {} was already written by another runner: two processes are driving this rotation; let one finish",
-                    record.seq
-                ),
-            }),
-            Err(e) => Err(table_err(self.location(pk), "writing")(DisplayErrorContext(&e).to_string())),
-        }
-    }
-
-    async fn archive(&self, pk: &str, user: &str) -> Result<PathBuf, JournalError> {
-        let marker = self.marker_pk(user);
-        let out = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", AttributeValue::S(marker.clone()))
-            .key("sk", AttributeValue::N("0".into()))
-            .condition_expression("#j = :j")
-            .expression_attribute_names("#j", "journal")
-            .expression_attribute_values(":j", AttributeValue::S(pk.to_string()))
-            .send()
-            .await;
-        match out {
-            Ok(_) => Ok(self.location(pk)),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(JournalError::Table {
-                path: self.location(pk),
-                problem: format!("{marker} no longer points to this journal; it was closed by another runner"),
-            }),
-            Err(e) => Err(table_err(self.location(pk), "archiving")(DisplayErrorContext(&e).to_string())),
-        }
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io { path: path.to_path_buf(), source }
-}
-
-fn active_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("active")
-}
-
-fn active_path(state_dir: &Path, user: &str) -> PathBuf {
-    active_dir(state_dir).join(format!("{user}.jsonl"))
-}
-
-fn make_private_dir(dir: &Path) -> Result<(), JournalError> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))
-}
-
-pub fn now_rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 impl Journal {
-    /// The journal of an unfinished rotation of `user`, if there is one.
-    pub fn unfinished_path(state_dir: &Path, user: &str) -> Option<PathBuf> {
-        let p = active_path(state_dir, user);
-        p.exists().then_some(p)
-    }
-
-    /// Start the journal of a new rotation; fails if one is unfinished.
-    pub fn create(state_dir: &Path, begin: Begin, now: SystemTime) -> Result<Journal, JournalError> {
-        let dir = active_dir(state_dir);
-        make_private_dir(&dir)?;
-        let path = active_path(state_dir, &begin.user);
-        let file = OpenOptions::new().append(true).create_new(true).mode(0o600).open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                JournalError::Unfinished { user: begin.user.clone(), path: path.clone() }
-            } else {
-                JournalError::Io { path: path.clone(), source: e }
-            }
-        })?;
-        // The new file's name must be durable too, or a crash could lose the whole journal.
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
-        let mut journal = Journal {
-            path,
-            sink: Sink::File(file),
-            next_seq: 1,
-            state: State::new(begin.clone()),
-            crash_after: crash_after_from_env(),
-        };
-        let record = journal.next_record(Event::Begin(begin), now);
-        if let Sink::File(file) = &mut journal.sink {
-            write_line(file, &journal.path, &record)?;
-        }
-        journal.applied(record)?;
-        Ok(journal)
-    }
-
-    /// Open the unfinished journal of `user` to go on appending to it.
-    pub fn open(state_dir: &Path, user: &str) -> Result<Option<Journal>, JournalError> {
-        let path = active_path(state_dir, user);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let (state, next_seq) = Self::load(&path)?;
-        let file = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
-        Ok(Some(Journal { path, sink: Sink::File(file), next_seq, state, crash_after: crash_after_from_env() }))
-    }
-
-    /// Read a journal file. A torn last line (the process died mid-write) is ignored: the step it
-    /// recorded is then treated as not started, which every step tolerates.
-    pub fn load(path: &Path) -> Result<(State, u64), JournalError> {
-        let file = File::open(path).map_err(io_err(path))?;
-        let lines: Vec<String> = BufReader::new(file).lines().collect::<Result<_, _>>().map_err(io_err(path))?;
-        fold(path, &lines, true)
-    }
-
-    /// Every unfinished rotation under `state_dir`.
-    pub fn list_unfinished(state_dir: &Path) -> Result<Vec<(PathBuf, State)>, JournalError> {
-        let dir = active_dir(state_dir);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(JournalError::Io { path: dir, source: e }),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(io_err(&dir))?.path();
-            if path.extension().is_some_and(|e| e == "jsonl") {
-                let (state, _) = Self::load(&path)?;
-                out.push((path, state));
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
-    }
-
     pub fn state(&self) -> &State {
         &self.state
     }
@@ -751,7 +420,7 @@ impl Journal {
     }
 
     fn next_record(&self, event: Event, now: SystemTime) -> Record {
-        Record { seq: self.next_seq, at: now_rfc3339(now), event }
+        Record { seq: self.next_seq, at: rekey_trail::time::format(now), event }
     }
 
     /// Make the record durable.
@@ -793,13 +462,6 @@ impl Journal {
         }
         Ok(to)
     }
-}
-
-fn write_line(file: &mut File, path: &Path, record: &Record) -> Result<(), JournalError> {
-    let mut line = serde_json::to_string(record).expect("journal records serialize");
-    line.push('\n');
-    file.write_all(line.as_bytes()).map_err(io_err(path))?;
-    file.sync_data().map_err(io_err(path))
 }
 
 /// Fold journal lines into the state and the next sequence number. With `torn_tail`, an
@@ -845,6 +507,8 @@ fn crash_after_from_env() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     fn begin() -> Begin {
         Begin {

@@ -37,7 +37,7 @@ impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "locked by {}", self.owner)?;
         match self.until {
-            Some(t) => write!(f, " until {}", humantime::format_rfc3339_seconds(t)),
+            Some(t) => write!(f, " until {}", rekey_trail::time::format(t)),
             None => Ok(()),
         }
     }
@@ -151,7 +151,7 @@ impl UserLock for DynamoDbLock {
                 .item("owner", AttributeValue::S(owner.to_string()))
                 .item("expires_at", AttributeValue::N(epoch_ms(expires).to_string()))
                 .item("ttl", AttributeValue::N((epoch_ms(expires) / 1000 + 1).to_string()))
-                .item("acquired_at", AttributeValue::S(humantime::format_rfc3339_seconds(now).to_string()))
+                .item("acquired_at", AttributeValue::S(rekey_trail::time::format(now)))
                 .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
                 .expression_attribute_values(":now", AttributeValue::N(epoch_ms(now).to_string()))
                 .send()
@@ -220,7 +220,7 @@ impl UserLock for FileLock {
             .map_err(io)?;
         match file.try_lock() {
             Ok(()) => {
-                let until = humantime::format_rfc3339_seconds(SystemTime::now() + ttl);
+                let until = rekey_trail::time::format(SystemTime::now() + ttl);
                 file.set_len(0).map_err(io)?;
                 file.write_all(format!("{owner}\n{until}\n").as_bytes()).map_err(io)?;
                 Ok(Acquired::Got(Guard { key: lock_key(account, user), owner: owner.to_string(), file: Some(file) }))
@@ -230,7 +230,7 @@ impl UserLock for FileLock {
                 let _ = file.rewind().and_then(|_| file.read_to_string(&mut text));
                 let mut lines = text.lines();
                 let owner = lines.next().filter(|l| !l.is_empty()).unwrap_or("another rekey on this machine");
-                let until = lines.next().and_then(|l| humantime::parse_rfc3339(l).ok());
+                let until = lines.next().and_then(rekey_trail::time::parse);
                 Ok(Acquired::Held(Holder { owner: owner.to_string(), until }))
             }
             Err(std::fs::TryLockError::Error(e)) => Err(io(e)),

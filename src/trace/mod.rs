@@ -1,13 +1,16 @@
 //! `rekey trace`: every CloudTrail record signed by a leaked key, and with `--follow`, by every key
 //! it minted, streamed to stdout as the scan finds them; a summary of what was read on stderr.
 
+pub mod athena;
+pub mod sources;
+
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use rekey_trail::{DerivedKey, Match, Query, Source, Summary};
 
-use crate::cli::exit;
-use crate::logs::LogsSpec;
+use crate::exit::Status;
+use crate::trace::sources::LogsSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -69,43 +72,21 @@ pub fn parse_when(s: &str) -> Result<SystemTime, String> {
     parse_time(s).ok_or_else(|| HINT.to_string())
 }
 
+/// A day means its midnight UTC; anything else is an RFC 3339 instant.
 fn parse_time(s: &str) -> Option<SystemTime> {
     if s.len() == 10 {
-        return humantime::parse_rfc3339(&format!("{s}T00:00:00Z")).ok();
+        return rekey_trail::time::parse(&format!("{s}T00:00:00Z"));
     }
-    // humantime knows only UTC: apply a numeric offset by hand.
-    let split = s.len().checked_sub(6).filter(|&i| s.is_char_boundary(i)).map(|i| s.split_at(i));
-    let (base, offset) = match split {
-        Some((base, off))
-            if (off.starts_with('+') || off.starts_with('-'))
-                && off.as_bytes()[3] == b':'
-                && base.contains(['T', 't', ' ']) =>
-        {
-            let hours: u64 = off.get(1..3)?.parse().ok()?;
-            let minutes: u64 = off.get(4..6)?.parse().ok()?;
-            if hours > 23 || minutes > 59 {
-                return None;
-            }
-            (base, Some((off.starts_with('-'), Duration::from_secs(hours * 3600 + minutes * 60))))
-        }
-        _ => (s, None),
-    };
-    let t = humantime::parse_rfc3339_weak(base.trim_end_matches(['Z', 'z'])).ok()?;
-    match offset {
-        None => Some(t),
-        // 12:00+02:00 is 10:00Z.
-        Some((false, d)) => t.checked_sub(d),
-        Some((true, d)) => t.checked_add(d),
-    }
+    rekey_trail::time::parse(s)
 }
 
 /// Run the command; returns the exit code. `sdk` is needed when a source is on S3.
-pub async fn run(settings: Settings, sdk: Option<aws_types::SdkConfig>) -> i32 {
+pub async fn run(settings: Settings, sdk: Option<aws_types::SdkConfig>) -> Status {
     if let (Some(s), Some(u)) = (settings.since, settings.until)
         && s > u
     {
         eprintln!("rekey: --since is after --until; swap them");
-        return exit::REFUSED;
+        return Status::Refused;
     }
     if let Some(athena) = &settings.athena {
         return run_athena(&settings, athena, sdk).await;
@@ -117,7 +98,7 @@ pub async fn run(settings: Settings, sdk: Option<aws_types::SdkConfig>) -> i32 {
             Ok(s) => sources.push(s),
             Err(e) => {
                 eprintln!("rekey: {e}");
-                return exit::REFUSED;
+                return Status::Refused;
             }
         }
     }
@@ -145,17 +126,17 @@ pub async fn run(settings: Settings, sdk: Option<aws_types::SdkConfig>) -> i32 {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             eprintln!("rekey: {}", one_line(&e.to_string()));
-            return exit::REFUSED;
+            return Status::Refused;
         }
         Err(e) => {
             eprintln!("rekey: the scan stopped unexpectedly: {e}");
-            return exit::INTERNAL;
+            return Status::Internal;
         }
     };
     print_summary(&summary);
     if let Some(e) = write_failed {
         eprintln!("rekey: cannot write the matches to stdout: {e}");
-        return exit::INTERNAL;
+        return Status::Internal;
     }
     if summary.files > 0 && summary.corrupt.len() as u64 == summary.files {
         // Zero matches from zero readable files must not read as "the key was not used".
@@ -164,9 +145,9 @@ pub async fn run(settings: Settings, sdk: Option<aws_types::SdkConfig>) -> i32 {
             "rekey: none of the {} log files could be read (first: {name}: {problem}); fix access and run again",
             summary.files
         );
-        return exit::REFUSED;
+        return Status::Refused;
     }
-    exit::OK
+    Status::Ok
 }
 
 /// The Athena settings for a trail bucket: the table sits at the prefix before `AWSLogs/`, and the
@@ -175,7 +156,7 @@ pub async fn athena_settings(
     opts: &AthenaOptions,
     logs: &[LogsSpec],
     sdk: &aws_types::SdkConfig,
-) -> Result<crate::athena::AthenaSettings, String> {
+) -> Result<crate::trace::athena::AthenaSettings, String> {
     let (bucket, prefix) = match logs {
         [LogsSpec::S3 { bucket, prefix }] => (bucket.clone(), prefix.clone()),
         _ => return Err("--athena reads one trail bucket: give exactly one --logs s3://bucket[/prefix]".into()),
@@ -195,7 +176,7 @@ pub async fn athena_settings(
     if regions.is_empty() {
         regions.extend(sdk.region().map(|r| r.to_string()));
     }
-    Ok(crate::athena::AthenaSettings {
+    Ok(crate::trace::athena::AthenaSettings {
         table: rekey_trail::athena::TableSpec {
             database: opts.database.clone(),
             table: opts.table.clone(),
@@ -215,16 +196,16 @@ pub async fn athena_settings(
 }
 
 /// The same search as Athena queries, one per hop of the key chain.
-async fn run_athena(settings: &Settings, opts: &AthenaOptions, sdk: Option<aws_types::SdkConfig>) -> i32 {
+async fn run_athena(settings: &Settings, opts: &AthenaOptions, sdk: Option<aws_types::SdkConfig>) -> Status {
     let Some(sdk) = sdk else {
         eprintln!("rekey: --athena needs AWS credentials and a region");
-        return exit::REFUSED;
+        return Status::Refused;
     };
     let athena_settings = match athena_settings(opts, &settings.logs, &sdk).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("rekey: {e}");
-            return exit::REFUSED;
+            return Status::Refused;
         }
     };
     let mut query = Query::new(settings.keys.clone());
@@ -233,7 +214,7 @@ async fn run_athena(settings: &Settings, opts: &AthenaOptions, sdk: Option<aws_t
     query.until = settings.until;
     let client = aws_sdk_athena::Client::new(&sdk);
     let mut out = Writer::new(settings.format);
-    let result = crate::athena::search(&client, &athena_settings, &query, &mut |m| out.write_match(&m)).await;
+    let result = crate::trace::athena::search(&client, &athena_settings, &query, &mut |m| out.write_match(&m)).await;
     match result {
         Ok(summary) => {
             let local = summary.to_summary();
@@ -258,13 +239,13 @@ async fn run_athena(settings: &Settings, opts: &AthenaOptions, sdk: Option<aws_t
             );
             if let Some(e) = out.failed {
                 eprintln!("rekey: cannot write the matches to stdout: {e}");
-                return exit::INTERNAL;
+                return Status::Internal;
             }
-            exit::OK
+            Status::Ok
         }
         Err(e) => {
             eprintln!("rekey: {}", one_line(&e.to_string()));
-            exit::REFUSED
+            Status::Refused
         }
     }
 }
@@ -365,7 +346,7 @@ impl Writer {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 // The reader has gone (`| head`): it wants no more, and the engine cannot be
                 // stopped, so finishing would read the rest of the trail for nobody.
-                std::process::exit(exit::OK);
+                std::process::exit(Status::Ok.code());
             }
             self.failed = Some(e);
         }

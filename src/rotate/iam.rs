@@ -45,7 +45,7 @@ impl std::fmt::Display for LastUsed {
         match self.date {
             None => f.write_str("never used"),
             Some(d) => {
-                write!(f, "last used {}", humantime::format_rfc3339_seconds(d))?;
+                write!(f, "last used {}", rekey_trail::time::format(d))?;
                 if let Some(s) = self.service.as_deref().filter(|s| *s != "N/A") {
                     write!(f, " ({s}")?;
                     if let Some(r) = self.region.as_deref().filter(|r| *r != "N/A") {

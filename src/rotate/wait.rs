@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-use crate::clock::Clock;
 use crate::progress::Progress;
+use crate::rotate::clock::Clock;
 
 #[derive(Debug, Clone)]
 pub struct Streak {
@@ -89,7 +89,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakeClock;
+    use crate::rotate::fakes::FakeClock;
     use std::cell::Cell;
 
     fn streak(n: u32) -> Streak {

@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use rekey_adapters::{ErrorKind, NewKey, Preflight, Role, Snapshot, Target, TargetError, TargetSpec};
 use secrecy::SecretString;
 
-use crate::clock::Clock;
-use crate::iam::{Caller, Iam, IamError, KeyCheck, KeyInfo, KeyStatus, LastUsed};
-use crate::probe::Probe;
-use crate::rotation::Factory;
+use crate::rotate::clock::Clock;
+use crate::rotate::iam::{Caller, Iam, IamError, KeyCheck, KeyInfo, KeyStatus, LastUsed};
+use crate::rotate::machine::Factory;
+use crate::rotate::probe::Probe;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -308,7 +308,7 @@ pub struct FakeFactory {
 }
 
 impl Factory for FakeFactory {
-    fn target(&self, spec: &TargetSpec, _cx: &crate::rotation::TargetContext<'_>) -> Box<dyn Target> {
+    fn target(&self, spec: &TargetSpec, _cx: &crate::rotate::machine::TargetContext<'_>) -> Box<dyn Target> {
         let index = self.specs.iter().position(|s| *s == spec.raw).expect("spec registered with the fake factory");
         let (role, stages) = match spec.kind {
             rekey_adapters::TargetKind::Ecs => (Role::Deployer, false),

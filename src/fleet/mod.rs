@@ -15,6 +15,10 @@
 //!
 //! Keys without these tags (deactivated by hand, say) are never deleted by `run`.
 
+pub mod audit;
+pub mod config;
+pub mod lock;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -25,15 +29,17 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use rekey_adapters::TargetKind;
 use serde::Serialize;
 
-use crate::cli::AwsFactory;
-use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, Defaults, Rotation};
-use crate::iam::{AwsIam, Iam, KeyInfo, KeyStatus, StsKeyCheck};
-use crate::journal::{Journals, SharedJournals};
-use crate::lock::{Acquired, UserLock};
+use crate::aws::Wiring;
+use crate::fleet::config::{Config, Defaults, Rotation};
+use crate::fleet::lock::{Acquired, UserLock};
 use crate::progress::Progress;
-use crate::rotation::{self, DEACTIVATE_AFTER, Effects, Factory, Refusal, Report, Settings, TargetSetting};
-use crate::wait::{Streak, until_streak};
+use crate::rotate::clock::{Clock, SystemClock};
+use crate::rotate::iam::{AwsIam, Iam, KeyInfo, KeyStatus};
+use crate::rotate::journal::{Journals, SharedJournals};
+use crate::rotate::machine::{
+    self as rotation, DEACTIVATE_AFTER, Effects, Factory, Refusal, Report, Settings, TargetSetting,
+};
+use crate::rotate::wait::{Streak, until_streak};
 
 /// Tag value prefix on a key that rekey deactivated, with the time it did.
 pub const DEACTIVATED_AT: &str = "rekey-deactivated-at-";
@@ -55,35 +61,22 @@ pub struct Options {
 /// The clients of one account: the one rekey runs in, or one reached through `[[account]]`.
 pub struct Account {
     pub id: String,
-    iam: AwsIam,
+    wiring: Wiring,
     raw_iam: aws_sdk_iam::Client,
-    key_check: StsKeyCheck,
-    factory: AwsFactory,
     /// Journals of other accounts live apart: a user name is unique only within its account.
     journals: Journals,
 }
 
 impl Account {
     fn new(id: String, sdk: &aws_types::SdkConfig, journals: Journals) -> Account {
-        Account {
-            id,
-            iam: AwsIam::new(sdk),
-            raw_iam: aws_sdk_iam::Client::new(sdk),
-            key_check: StsKeyCheck::new(sdk, &[]),
-            factory: AwsFactory::new(sdk.clone(), false),
-            journals,
-        }
+        // Many users at once: no progress lines from each one's waits.
+        let mut wiring = Wiring::new(sdk, &[], false);
+        wiring.progress = Progress::off();
+        Account { id, wiring, raw_iam: aws_sdk_iam::Client::new(sdk), journals }
     }
 
-    fn effects<'a>(&'a self, progress: &'a Progress) -> Effects<'a> {
-        Effects {
-            iam: &self.iam,
-            key_check: &self.key_check,
-            clock: &SystemClock,
-            factory: &self.factory,
-            progress,
-            journals: self.journals.clone(),
-        }
+    fn effects(&self) -> Effects<'_> {
+        self.wiring.effects(self.journals.clone())
     }
 }
 
@@ -149,9 +142,9 @@ enum Marker {
 
 fn marker(value: &str) -> Option<Marker> {
     if let Some(t) = value.strip_prefix(DEACTIVATE_AFTER) {
-        return humantime::parse_rfc3339(t).ok().map(Marker::DeactivateAfter);
+        return rekey_trail::time::parse(t).map(Marker::DeactivateAfter);
     }
-    value.strip_prefix(DEACTIVATED_AT).and_then(|t| humantime::parse_rfc3339(t).ok()).map(Marker::DeactivatedAt)
+    value.strip_prefix(DEACTIVATED_AT).and_then(rekey_trail::time::parse).map(Marker::DeactivatedAt)
 }
 
 /// A user's keys and what rekey recorded about them.
@@ -162,7 +155,8 @@ struct Keys {
 }
 
 async fn read_keys(account: &Account, user: &str) -> Result<Keys, String> {
-    let keys = account.iam.list_keys(user).await.map_err(|e| format!("cannot list the access keys of {user}: {e}"))?;
+    let keys =
+        account.wiring.iam.list_keys(user).await.map_err(|e| format!("cannot list the access keys of {user}: {e}"))?;
     let tags = account
         .raw_iam
         .list_user_tags()
@@ -258,10 +252,6 @@ fn deferred(k: &Keys, delete_after: Option<Duration>) -> Vec<Deferred> {
     out
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyView {
     pub id: String,
@@ -310,7 +300,7 @@ fn action_name(a: Action) -> &'static str {
 /// What `run` would do now; changes nothing.
 pub async fn plan(config: &Config, accounts: &Accounts, opts: &Options) -> Vec<PlanEntry> {
     let now = SystemTime::now();
-    let progress = Progress::off();
+    let _progress = Progress::off();
     let mut out = Vec::new();
     for r in &config.rotations {
         let account = accounts.of(r);
@@ -349,7 +339,7 @@ pub async fn plan(config: &Config, accounts: &Accounts, opts: &Options) -> Vec<P
             .map(|x| DeferredView {
                 key_id: x.key_id,
                 action: action_name(x.action),
-                at: rfc3339(x.at),
+                at: rekey_trail::time::format(x.at),
                 due: x.at <= now,
             })
             .collect();
@@ -358,7 +348,7 @@ pub async fn plan(config: &Config, accounts: &Accounts, opts: &Options) -> Vec<P
         entry.old_key_id = d.key.clone();
         if entry.due {
             let settings = settings_for(r, &config.defaults, opts, d.key, true);
-            match rotation::rotate(&account.effects(&progress), &settings, std::future::pending()).await {
+            match rotation::rotate(&account.effects(), &settings, std::future::pending()).await {
                 Ok(report) => {
                     entry.targets = report
                         .targets
@@ -475,7 +465,8 @@ pub struct Counts {
 pub struct Summary {
     pub results: Vec<UserResult>,
     pub counts: Counts,
-    pub exit_code: i32,
+    /// Serialised as its exit code.
+    pub exit_code: crate::exit::Status,
 }
 
 impl Summary {
@@ -500,11 +491,11 @@ impl Summary {
         }
         // A refusal is a due key left in place: as much a failure of the schedule as a failed rotation.
         let exit_code = if c.failed + c.refused + c.deferred_failed > 0 {
-            crate::cli::exit::FAILED
+            crate::exit::Status::Failed
         } else if c.rolled_back > 0 {
-            crate::cli::exit::ROLLED_BACK
+            crate::exit::Status::RolledBack
         } else {
-            crate::cli::exit::OK
+            crate::exit::Status::Ok
         };
         Summary { results, counts: c, exit_code }
     }
@@ -656,8 +647,8 @@ async fn locked(
         return u;
     };
     let settings = settings_for(r, defaults, opts, Some(old.clone()), false);
-    let progress = Progress::off();
-    let fx = account.effects(&progress);
+    let _progress = Progress::off();
+    let fx = account.effects();
     let mut u = match rotation::rotate(&fx, &settings, interrupt).await {
         Ok(report) => from_report(&account.id, d.reason, report),
         Err(Refusal(e)) => {
@@ -670,11 +661,14 @@ async fn locked(
     u.deferred = done;
     if u.outcome == "rotated" {
         if settings.defer_deactivation {
-            u.deactivate_after = keys_marker_time(account, user, &old).await.map(rfc3339);
+            u.deactivate_after = keys_marker_time(account, user, &old).await.map(rekey_trail::time::format);
         } else if u.old_key_status == Some(KeyStatus::Inactive) {
             // Without it, `delete_after` would never know when this key was turned off.
-            if let Err(e) =
-                account.iam.tag_key(user, &old, &format!("{DEACTIVATED_AT}{}", rfc3339(SystemClock.now()))).await
+            if let Err(e) = account
+                .wiring
+                .iam
+                .tag_key(user, &old, &format!("{DEACTIVATED_AT}{}", rekey_trail::time::format(SystemClock.now())))
+                .await
             {
                 u.warnings.push(format!(
                     "could not record when {old} was deactivated ({e}); it will not be deleted by `run`"
@@ -711,7 +705,7 @@ async fn deactivate(account: &Account, r: &Rotation, opts: &Options, key: &str) 
     let user = r.user.as_str();
     let mut probes = Vec::new();
     for url in &r.probes {
-        probes.push(account.factory.probe(url)?);
+        probes.push(account.wiring.factory.probe(url)?);
     }
     let progress = Progress::off();
     let probe_all = |when: &'static str| {
@@ -726,9 +720,14 @@ async fn deactivate(account: &Account, r: &Rotation, opts: &Options, key: &str) 
         }
     };
     probe_all("before the old key is deactivated").await.map_err(|e| format!("{e}; {key} stays Active"))?;
-    account.iam.set_status(user, key, KeyStatus::Inactive).await.map_err(|e| format!("deactivating {key}: {e}"))?;
+    account
+        .wiring
+        .iam
+        .set_status(user, key, KeyStatus::Inactive)
+        .await
+        .map_err(|e| format!("deactivating {key}: {e}"))?;
     if let Err(e) = probe_all("after the old key was deactivated").await {
-        let back = account.iam.set_status(user, key, KeyStatus::Active).await;
+        let back = account.wiring.iam.set_status(user, key, KeyStatus::Active).await;
         return Err(match back {
             Ok(()) => format!("{e}; {key} was turned back on and will be tried again by the next run"),
             Err(b) => format!(
@@ -737,16 +736,17 @@ async fn deactivate(account: &Account, r: &Rotation, opts: &Options, key: &str) 
         });
     }
     account
+        .wiring
         .iam
-        .tag_key(user, key, &format!("{DEACTIVATED_AT}{}", rfc3339(SystemClock.now())))
+        .tag_key(user, key, &format!("{DEACTIVATED_AT}{}", rekey_trail::time::format(SystemClock.now())))
         .await
         .map_err(|e| format!("{key} is Inactive, but recording when failed ({e}); it will not be deleted by `run`"))
 }
 
 async fn delete(account: &Account, user: &str, key: &str) -> Result<(), String> {
-    match account.iam.delete_key(user, key).await {
-        Ok(()) | Err(crate::iam::IamError::NoSuchKey(_)) => {
-            let _ = account.iam.untag_key(user, key).await;
+    match account.wiring.iam.delete_key(user, key).await {
+        Ok(()) | Err(crate::rotate::iam::IamError::NoSuchKey(_)) => {
+            let _ = account.wiring.iam.untag_key(user, key).await;
             Ok(())
         }
         Err(e) => Err(format!("deleting {key}: {e}")),
@@ -854,7 +854,7 @@ mod tests {
     #[test]
     fn a_key_in_its_grace_period_holds_back_the_next_rotation_and_is_deactivated_after() {
         let now = SystemTime::now();
-        let after = format!("{DEACTIVATE_AFTER}{}", rfc3339(now - DAY));
+        let after = format!("{DEACTIVATE_AFTER}{}", rekey_trail::time::format(now - DAY));
         let k =
             keys(&[("AKIAOLD", KeyStatus::Active, 97), ("AKIANEW", KeyStatus::Active, 1)], &[("AKIAOLD", &after)], now);
         assert_eq!(due(&k, 90 * DAY, now).key, None);
@@ -866,7 +866,7 @@ mod tests {
     #[test]
     fn only_keys_rekey_deactivated_are_deleted_and_only_after_delete_after() {
         let now = SystemTime::now();
-        let at = format!("{DEACTIVATED_AT}{}", rfc3339(now - 2 * DAY));
+        let at = format!("{DEACTIVATED_AT}{}", rekey_trail::time::format(now - 2 * DAY));
         let k = keys(
             &[("AKIAMINE", KeyStatus::Inactive, 97), ("AKIAHAND", KeyStatus::Inactive, 97)],
             &[("AKIAMINE", &at), ("AKIAHAND", "the old CI key")],

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::iam::KeyStatus::{Active, Inactive};
-use crate::journal::{Journal, Journals};
-use crate::testing::{FakeClock, FakeFactory, FakeIam, FakeKeyCheck, Op, World};
+use crate::rotate::fakes::{FakeClock, FakeFactory, FakeIam, FakeKeyCheck, Op, World};
+use crate::rotate::iam::KeyStatus::{Active, Inactive};
+use crate::rotate::journal::{Journal, Journals};
 
 const OLD: &str = "AKIAOLD0000000000001";
 const USER: &str = "app-integration-user";
@@ -351,7 +351,7 @@ async fn simulate_crash(bed: &Bed, n: usize) -> String {
 
 /// Set the fake world to what had happened when the journal stopped: a step that was begun but not
 /// recorded done is taken as having happened (the worst case for recovery).
-fn replay_effects(bed: &Bed, state: &crate::journal::State) {
+fn replay_effects(bed: &Bed, state: &crate::rotate::journal::State) {
     let new_key =
         state.new_key_id.clone().or_else(|| state.create.started().then(|| "AKIANEW0000000000001".to_string()));
     let mut keys = vec![(OLD, if state.deactivate.started() { Inactive } else { Active })];

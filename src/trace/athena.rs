@@ -15,7 +15,8 @@ use aws_sdk_athena::error::DisplayErrorContext;
 use aws_sdk_athena::types::{QueryExecutionContext, QueryExecutionState, ResultConfiguration};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rekey_trail::athena::{self as sql, SOURCE_COLUMN, SqlError, TableSpec};
-use rekey_trail::{DerivedKey, Match, Query, Record, parse_time};
+use rekey_trail::time::parse as parse_time;
+use rekey_trail::{DerivedKey, Match, Query, Record};
 use serde_json::value::RawValue;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

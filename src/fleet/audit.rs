@@ -11,10 +11,7 @@ use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::types::{StatusType, SummaryKeyType};
 use serde::Serialize;
 
-use crate::config::{Config, Defaults, Rotation};
-
-/// Exit code of `audit` when a finding needs action (0-4 belong to the rotation outcomes).
-pub const NEEDS_ACTION: i32 = 5;
+use crate::fleet::config::{Config, Defaults, Rotation};
 
 /// IAM throttles per account: a few calls in flight keep large accounts quick without tripping it.
 const USERS_IN_FLIGHT: usize = 8;
@@ -159,7 +156,7 @@ pub async fn audit(
 async fn assume(
     sts: &aws_sdk_sts::Client,
     sdk: &aws_types::SdkConfig,
-    account: &crate::config::Account,
+    account: &crate::fleet::config::Account,
 ) -> Result<aws_types::SdkConfig, String> {
     let out = sts
         .assume_role()
@@ -327,7 +324,7 @@ pub fn evaluate(accounts: &[AccountFacts], config: Option<&Config>, now: SystemT
     });
     let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
     let summary = Summary {
-        generated_at: humantime::format_rfc3339_seconds(now).to_string(),
+        generated_at: rekey_trail::time::format(now),
         config: config.map(|c| c.path.display().to_string()),
         accounts: reports.len(),
         users: reports.iter().map(|a| a.users).sum(),
@@ -426,7 +423,7 @@ fn judge_account(
             let idle = match k.last_used {
                 Some(used) => Some(since(now, used))
                     .filter(|d| *d >= unused_after)
-                    .map(|d| format!("was last used {} ({} ago)", humantime::format_rfc3339_seconds(used), short(d))),
+                    .map(|d| format!("was last used {} ({} ago)", rekey_trail::time::format(used), short(d))),
                 None => {
                     age.filter(|d| *d >= unused_after).map(|d| format!("was never used (created {} ago)", short(d)))
                 }
@@ -553,8 +550,8 @@ fn short(d: Duration) -> String {
     }
 }
 
-pub fn exit_code(report: &AuditReport) -> i32 {
-    if report.findings.is_empty() { 0 } else { NEEDS_ACTION }
+pub fn status(report: &AuditReport) -> crate::exit::Status {
+    if report.findings.is_empty() { crate::exit::Status::Ok } else { crate::exit::Status::NeedsAction }
 }
 
 pub fn print(report: &AuditReport, json: bool) {
@@ -710,7 +707,7 @@ role_arn = "arn:aws:iam::111122223333:role/rekey"
             ]
         );
         assert_eq!(r.findings[0].severity, Severity::Critical, "root keys come first");
-        assert_eq!(exit_code(&r), NEEDS_ACTION);
+        assert_eq!(status(&r), crate::exit::Status::NeedsAction);
         let old = r.findings.iter().find(|f| f.key.as_deref() == Some("AKIAAPPOLD")).unwrap();
         assert_eq!(
             old.fix,
@@ -762,13 +759,13 @@ role_arn = "arn:aws:iam::111122223333:role/rekey"
         assert_eq!((f.kind, f.severity), (Kind::CannotAudit, Severity::High));
         assert!(f.what.starts_with("cannot audit account 111122223333: cannot assume"), "{}", f.what);
         assert!(!r.accounts[1].audited);
-        assert_eq!(exit_code(&r), NEEDS_ACTION);
+        assert_eq!(status(&r), crate::exit::Status::NeedsAction);
     }
 
     #[test]
     fn a_clean_account_needs_nothing_and_json_has_stable_fields() {
         let r = evaluate(&[home(vec![user("a", vec![key("AKIAOK", true, 1, Some(0))])])], None, now());
-        assert_eq!(exit_code(&r), 0);
+        assert_eq!(status(&r), crate::exit::Status::Ok);
         assert!(text(&r).ends_with("nothing needs action\n"));
         let v = serde_json::to_value(&r).unwrap();
         let fields: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();

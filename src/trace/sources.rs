@@ -520,7 +520,7 @@ mod tests {
 
     #[test]
     fn window_is_widened_by_the_delivery_margin() {
-        let at = |s: &str| humantime::parse_rfc3339(s).ok();
+        let at = |s: &str| rekey_trail::time::parse(s);
         let w = Window::new(at("2023-07-10T00:30:00Z"), at("2023-07-12T23:30:00Z"));
         assert_eq!(w.first, Some((2023, 7, 9)));
         assert_eq!(w.last, Some((2023, 7, 13)));

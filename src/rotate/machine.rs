@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use rekey_adapters::{Role, Target, TargetSpec};
 use serde::Serialize;
 
-use crate::clock::Clock;
-use crate::iam::{Iam, IamError, KeyCheck, KeyStatus};
-use crate::journal::{
-    Begin, Event, Journal, JournalError, Journals, Outcome, Phase, State, StepState, TargetRecord, now_rfc3339,
-};
-use crate::probe::Probe;
 use crate::progress::Progress;
-use crate::wait::{Streak, until_streak};
+use crate::rotate::clock::Clock;
+use crate::rotate::iam::{Iam, IamError, KeyCheck, KeyStatus};
+use crate::rotate::journal::{
+    Begin, Event, Journal, JournalError, Journals, Outcome, Phase, State, StepState, TargetRecord,
+};
+use crate::rotate::probe::Probe;
+use crate::rotate::wait::{Streak, until_streak};
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -559,7 +559,7 @@ impl Run<'_> {
 
         let t = Instant::now();
         let (user, old) = (self.user(), self.state().begin.old_key_id.clone());
-        let after = now_rfc3339(self.fx.clock.now() + grace);
+        let after = rekey_trail::time::format(self.fx.clock.now() + grace);
         // Without the tag nothing would ever turn the old key off: roll back rather than leave it.
         self.fx.iam.tag_key(&user, &old, &format!("{DEACTIVATE_AFTER}{after}")).await.map_err(|e| {
             Failure::new("defer_deactivation", format!("recording when {old} is to be deactivated: {e}"))
@@ -593,10 +593,11 @@ impl Run<'_> {
         if let Some(until) = until.filter(|_| self.state().grace != StepState::Done) {
             let t = Instant::now();
             if self.state().grace == StepState::NotStarted {
-                self.record(Event::Grace { phase: Phase::Begin, until: Some(now_rfc3339(until)) }).await?;
+                self.record(Event::Grace { phase: Phase::Begin, until: Some(rekey_trail::time::format(until)) })
+                    .await?;
             }
-            tracing::info!("grace period: the old key stays Active until {}", now_rfc3339(until));
-            self.fx.progress.update(&format!("grace period until {}", now_rfc3339(until)));
+            tracing::info!("grace period: the old key stays Active until {}", rekey_trail::time::format(until));
+            self.fx.progress.update(&format!("grace period until {}", rekey_trail::time::format(until)));
             self.fx.clock.sleep(self.fx.clock.until(until)).await;
             self.fx.progress.done();
             self.record(Event::Grace { phase: Phase::Done, until: None }).await?;
@@ -938,5 +939,5 @@ fn list_or_none(keys: &[String]) -> String {
 }
 
 #[cfg(test)]
-#[path = "rotation_tests.rs"]
+#[path = "machine_tests.rs"]
 mod tests;

@@ -1,0 +1,118 @@
+//! The real side effects of a rotation, built in one place for `rotate`, `resume`, `incident` and
+//! every account of a fleet run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rekey_adapters::{Options, Target, TargetSpec};
+
+use crate::progress::Progress;
+use crate::rotate::clock::SystemClock;
+use crate::rotate::iam::{AwsIam, Iam, StsKeyCheck};
+use crate::rotate::journal::{Journals, SharedJournals};
+use crate::rotate::machine::{Effects, Factory, TargetContext};
+use crate::rotate::probe::{HttpProbe, Probe};
+
+/// The SDK configuration from the usual chain (env, profile, SSO, IMDS), with `--profile` and
+/// `--region` on top. A region is required: every client needs one.
+pub async fn load_sdk(profile: Option<&str>, region: Option<&str>) -> Result<aws_types::SdkConfig, String> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(p) = profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        return Err("no AWS region configured; pass --region or set AWS_REGION".into());
+    }
+    Ok(sdk)
+}
+
+/// Where rotations are journaled: the local state folder, or with a table name the shared
+/// DynamoDB journals of `account` (checked to exist, so a typo fails before any side effect).
+pub async fn journals(
+    sdk: &aws_types::SdkConfig,
+    state_dir: PathBuf,
+    table: Option<&str>,
+    account: Option<&str>,
+) -> Result<Journals, String> {
+    let Some(table) = table else { return Ok(Journals::Local(state_dir)) };
+    let account = match account {
+        Some(a) => a.to_string(),
+        None => {
+            AwsIam::new(sdk)
+                .caller()
+                .await
+                .map_err(|e| format!("cannot tell who rekey runs as: {e}; check your AWS credentials"))?
+                .account
+        }
+    };
+    let shared = SharedJournals::new(aws_sdk_dynamodb::Client::new(sdk), table, &account);
+    shared.check_table().await?;
+    Ok(Journals::Shared(shared))
+}
+
+/// The real clients behind the rotation's traits, for one account.
+pub struct Wiring {
+    pub iam: AwsIam,
+    pub key_check: StsKeyCheck,
+    pub factory: AwsFactory,
+    pub progress: Progress,
+}
+
+impl Wiring {
+    /// `terminal`: draw progress (and let adapters draw theirs) because stderr is a terminal.
+    pub fn new(sdk: &aws_types::SdkConfig, verify_regions: &[String], terminal: bool) -> Wiring {
+        Wiring {
+            iam: AwsIam::new(sdk),
+            key_check: StsKeyCheck::new(sdk, verify_regions),
+            factory: AwsFactory::new(sdk.clone(), terminal),
+            progress: Progress::new(terminal),
+        }
+    }
+
+    pub fn effects(&self, journals: Journals) -> Effects<'_> {
+        Effects {
+            iam: &self.iam,
+            key_check: &self.key_check,
+            clock: &SystemClock,
+            factory: &self.factory,
+            progress: &self.progress,
+            journals,
+        }
+    }
+}
+
+/// Builds the real target adapters and probes of a rotation.
+pub struct AwsFactory {
+    sdk: aws_types::SdkConfig,
+    progress: bool,
+    poll_interval: Duration,
+}
+
+impl AwsFactory {
+    pub fn new(sdk: aws_types::SdkConfig, progress: bool) -> Self {
+        AwsFactory { sdk, progress, poll_interval: Duration::from_secs(5) }
+    }
+}
+
+impl Factory for AwsFactory {
+    fn target(&self, spec: &TargetSpec, cx: &TargetContext<'_>) -> Box<dyn Target> {
+        let options = Options {
+            ecs_timeout: cx.ecs_timeout,
+            poll_interval: self.poll_interval,
+            restart_cmd: cx.restart_cmd.map(str::to_string),
+            progress: self.progress,
+            old_key_id: Some(cx.old_key_id.to_string()),
+            new_key_id: cx.new_key_id.map(str::to_string),
+            ..Options::default()
+        };
+        rekey_adapters::build(spec, &self.sdk, &options)
+    }
+
+    fn probe(&self, url: &str) -> Result<Box<dyn Probe>, String> {
+        Ok(Box::new(HttpProbe::new(url, Duration::from_secs(5))?))
+    }
+}
