@@ -3,8 +3,9 @@
 Written against moto 5.2.5 (scripts/install-moto.sh pins it). Each patch closes a gap
 between moto's auth enforcement and real AWS that would otherwise make a zero-downtime
 test pass for the wrong reason or fail to see the error code at all: inactive keys,
-auth error shapes, Lambda GET signatures, and IAM condition evaluation (patch 5, which
-also lets a test choose its caller's aws:SourceIp with an X-Forwarded-For header).
+auth error shapes, Lambda GET signatures, IAM condition evaluation (patch 5, which
+also lets a test choose its caller's aws:SourceIp with an X-Forwarded-For header), and
+user-scoped IAM resources with policy variables (patch 6).
 
 Usage: python moto_launcher.py [moto_server args...]
 """
@@ -222,9 +223,10 @@ _orig_check_action_permitted = _ac.IAMRequestBase.check_action_permitted
 
 def _check_action_permitted(self, resource):
     # The trust-policy check runs inside this call too, so it sees the same context.
-    token = _REQUEST_CONTEXT.set(_request_context(self))
+    ctx = _request_context(self)
+    token = _REQUEST_CONTEXT.set(ctx)
     try:
-        return _orig_check_action_permitted(self, resource)
+        return _orig_check_action_permitted(self, _iam_user_resource(self, resource, ctx))
     finally:
         _REQUEST_CONTEXT.reset(token)
 
@@ -351,7 +353,56 @@ def _statement_is_action_permitted(
     return _ac.PermissionResult.DENIED
 
 
+# 6. IAM scopes its user actions to the user's ARN and substitutes policy variables; moto
+#    authorizes every IAM call against "*" and matches `${aws:username}` literally, so a
+#    self-service policy (`"Resource": "arn:aws:iam::*:user/${aws:username}"`) allows
+#    nothing and a test of `rekey rotate --self` under it could not run. This gives the
+#    calls that name a user (or act on the caller when `UserName` is left out, as IAM's key
+#    actions do) the user's ARN as their resource, and substitutes the variables IAM knows
+#    from the request context. Statements with `"Resource": "*"` match as before.
+_CALLER_DEFAULT_ACTIONS = {
+    "iam:CreateAccessKey",
+    "iam:UpdateAccessKey",
+    "iam:DeleteAccessKey",
+    "iam:ListAccessKeys",
+    "iam:GetUser",
+    "iam:GetAccessKeyLastUsed",
+}
+_POLICY_VARIABLE = re.compile(r"\$\{([A-Za-z0-9:_-]+)\}")
+
+
+def _param(data, name):
+    value = data.get(name) if isinstance(data, dict) else None
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value
+
+
+def _iam_user_resource(request, resource, ctx):
+    if resource != "*" or not request._action.startswith("iam:"):
+        return resource
+    user = _param(request._data, "UserName")
+    if not user and request._action in _CALLER_DEFAULT_ACTIONS:
+        user = ctx.get("aws:username")
+    if not user:
+        return resource
+    return f"arn:aws:iam::{request.account_id}:user/{user}"
+
+
+def _check_element_matches(self, statement_element, value):
+    patterns = self._statement[statement_element]
+    ctx = _REQUEST_CONTEXT.get(None) or {}
+    for pattern in patterns if isinstance(patterns, list) else [patterns]:
+        if statement_element in ("Resource", "NotResource"):
+            # An unknown variable matches nothing, as in IAM.
+            pattern = _POLICY_VARIABLE.sub(lambda m: ctx.get(m.group(1).lower(), "\0"), pattern)
+        if self._match(pattern, value):
+            return True
+    return False
+
+
 _ac.IAMRequestBase.check_action_permitted = _check_action_permitted
+_ac.IAMPolicyStatement._check_element_matches = _check_element_matches
 _ac.IAMPolicyStatement._check_conditions = _check_conditions
 _ac.IAMPolicyStatement.is_action_permitted = _statement_is_action_permitted
 

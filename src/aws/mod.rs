@@ -3,6 +3,7 @@
 //! traits. Commands get their side effects from here, so that tests can swap them all.
 
 mod error;
+pub mod own_key;
 mod wiring;
 
 pub use error::{chain, error_text};

@@ -74,8 +74,13 @@ impl Wiring {
     }
 
     pub fn effects(&self, journals: Journals) -> Effects<'_> {
+        self.effects_with(&self.iam, journals)
+    }
+
+    /// The same effects with another IAM signer (`rotate --self` signs with its own keys).
+    pub fn effects_with<'a>(&'a self, iam: &'a dyn Iam, journals: Journals) -> Effects<'a> {
         Effects {
-            iam: &self.iam,
+            iam,
             key_check: &self.key_check,
             clock: &SystemClock,
             factory: &self.factory,

@@ -173,13 +173,17 @@ pub(crate) struct ContainArgs {
 #[derive(Args, Debug)]
 pub(crate) struct RotateArgs {
     /// The IAM user whose access key is rotated.
-    #[arg(long)]
-    pub(crate) user: String,
+    #[arg(long, required_unless_present = "own_key")]
+    pub(crate) user: Option<String>,
+    /// Rotate the key rekey runs with (your own, from your credentials profile); without --target,
+    /// the new key goes to the profile it was read from.
+    #[arg(long = "self", conflicts_with_all = ["user", "old_key"])]
+    pub(crate) own_key: bool,
     /// The key to replace, when the user has more than one.
     #[arg(long, value_name = "AKIA…")]
     pub(crate) old_key: Option<String>,
     /// Where the key is used, in order: secretsmanager:<secret-id>, ecs:[<cluster>/]<service>, env:<path>.
-    #[arg(long = "target", value_name = "SPEC", required = true)]
+    #[arg(long = "target", value_name = "SPEC", required_unless_present = "own_key")]
     pub(crate) targets: Vec<TargetSpec>,
     /// Shell command run after the --target just before it is written (and after its rollback).
     #[arg(long = "restart-cmd", value_name = "CMD")]
@@ -239,8 +243,12 @@ pub(crate) struct WaitArgs {
 #[derive(Args, Debug)]
 pub(crate) struct ResumeArgs {
     /// The user whose rotation was interrupted.
-    #[arg(long)]
-    pub(crate) user: String,
+    #[arg(long, required_unless_present = "own_key")]
+    pub(crate) user: Option<String>,
+    /// The interrupted rotation is of rekey's own key (`rotate --self`): sign with whichever key
+    /// the credentials file now holds.
+    #[arg(long = "self", conflicts_with = "user")]
+    pub(crate) own_key: bool,
     /// Undo the rotation even if it could be finished.
     #[arg(long)]
     pub(crate) rollback: bool,

@@ -131,10 +131,11 @@ pub async fn main() -> Status {
             let sub = matches.subcommand_matches("rotate").expect("rotate matched");
             let restart = match restart_cmds_by_target(sub, args.targets.len()) {
                 Ok(r) => r,
-                Err(e) => return refuse(json, &args.user, &e),
+                Err(e) => return refuse(json, args.user.as_deref().unwrap_or_default(), &e),
             };
             let settings = Settings {
-                user: args.user.clone(),
+                // With --self, the caller: known once the credentials are loaded.
+                user: args.user.clone().unwrap_or_default(),
                 old_key: args.old_key.clone(),
                 targets: args
                     .targets
@@ -152,6 +153,7 @@ pub async fn main() -> Status {
                 ecs_timeout: args.ecs_timeout,
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
+                own_key: args.own_key,
             };
             run_with_aws(&cli, state_dir, &args.journal, &settings, json, None).await
         }
@@ -189,6 +191,7 @@ pub async fn main() -> Status {
                     ecs_timeout: args.ecs_timeout,
                     verify_regions: args.waits.verify_regions.clone(),
                     defer_deactivation: false,
+                    own_key: false,
                 }))
             };
             incident(&cli, state_dir, &args.investigate, cutover, !args.no_fence, false, json).await
@@ -203,7 +206,7 @@ pub async fn main() -> Status {
         Command::Run(args) => fleet(&cli, state_dir, &args.config, Some(args), json).await,
         Command::Resume(args) => {
             let settings = Settings {
-                user: args.user.clone(),
+                user: args.user.clone().unwrap_or_default(),
                 old_key: None,
                 targets: Vec::new(),
                 probes: Vec::new(),
@@ -215,6 +218,7 @@ pub async fn main() -> Status {
                 ecs_timeout: Duration::from_secs(900),
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
+                own_key: args.own_key,
             };
             run_with_aws(&cli, state_dir, &args.journal, &settings, json, Some(args.rollback)).await
         }
@@ -473,12 +477,31 @@ async fn run_with_aws(
         Ok(s) => s,
         Err(e) => return refuse(json, &settings.user, &e),
     };
+    let mut settings = settings.clone();
+    if settings.own_key {
+        let have_targets = !settings.targets.is_empty() || resume.is_some();
+        match crate::aws::own_key::locate(&sdk, cli.profile.as_deref(), have_targets).await {
+            Ok(own) => {
+                settings.user = own.user;
+                if resume.is_none() {
+                    settings.old_key = Some(own.key_id);
+                    settings.targets.extend(own.default_target.map(|spec| TargetSetting { spec, restart_cmd: None }));
+                }
+            }
+            Err(e) => return refuse(json, &settings.user, &e),
+        }
+    }
+    let settings = &settings;
     let journals = match crate::aws::journals(&sdk, state_dir, journal.journal_table.as_deref(), None).await {
         Ok(j) => j,
         Err(e) => return refuse(json, &settings.user, &e),
     };
     let wiring = Wiring::new(&sdk, &settings.verify_regions, std::io::stderr().is_terminal());
-    let fx = wiring.effects(journals);
+    let own_iam = settings.own_key.then(|| crate::aws::own_key::SelfIam::new(&sdk));
+    let fx = match &own_iam {
+        Some(iam) => wiring.effects_with(iam, journals),
+        None => wiring.effects(journals),
+    };
     let result = match resume {
         None => rotation::rotate(&fx, settings, interrupted()).await,
         Some(force_rollback) => rotation::resume(&fx, &settings.user, force_rollback, settings, interrupted()).await,

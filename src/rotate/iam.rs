@@ -89,6 +89,16 @@ pub enum IamError {
     Other(String),
 }
 
+/// Which of the two keys signs a rotation's IAM calls when rekey rotates its own key
+/// (`rotate --self`): the machine says when the answer changes, the [`Iam`] acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signer {
+    /// The key being replaced: it creates the new key, and undoes while it is still Active.
+    Old,
+    /// The new key, once the targets hold it: the old one is about to stop working.
+    New,
+}
+
 /// The IAM calls a rotation makes, all signed by the rotating principal.
 #[async_trait]
 pub trait Iam: Send + Sync {
@@ -101,6 +111,9 @@ pub trait Iam: Send + Sync {
     /// Describe a key the way the console does: a user tag whose key is the access key id.
     async fn tag_key(&self, user: &str, key_id: &str, description: &str) -> Result<(), IamError>;
     async fn untag_key(&self, user: &str, key_id: &str) -> Result<(), IamError>;
+    /// Sign the next calls with this key. Only an `Iam` that holds the rotated key itself (the
+    /// caller's own) has two to choose from; every other principal signs with its own.
+    fn sign_with(&self, _signer: Signer) {}
 }
 
 /// Signs one `sts:GetCallerIdentity` with a key: the only reliable "does it work yet" test, since

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::progress::Progress;
 use crate::rotate::clock::Clock;
-use crate::rotate::iam::{Iam, IamError, KeyCheck, KeyStatus};
+use crate::rotate::iam::{Iam, IamError, KeyCheck, KeyStatus, Signer};
 use crate::rotate::journal::{
     Begin, Event, Journal, JournalError, Journals, Outcome, Phase, State, StepState, TargetRecord,
 };
@@ -42,6 +42,8 @@ pub struct Settings {
     /// off: a scheduled runner does not sit out an hour of grace per user, and the tag is seen by
     /// whichever runner, on whichever machine, comes next.
     pub defer_deactivation: bool,
+    /// `rotate --self`: the user is the caller, whose own key is rotated (see `aws::own_key`).
+    pub own_key: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -338,7 +340,13 @@ async fn preflight(fx: &Effects<'_>, s: &Settings) -> Result<Plan, Refusal> {
         .caller()
         .await
         .map_err(|e| Refusal(format!("cannot tell who rekey runs as: {e}; check your AWS credentials")))?;
-    if caller.user_name.as_deref() == Some(user.as_str()) {
+    if s.own_key && caller.user_name.as_deref() != Some(user.as_str()) {
+        return Err(Refusal(format!(
+            "--self rotates the caller's own key, but rekey runs as {}, not {user}; drop --self or run as {user}",
+            caller.arn
+        )));
+    }
+    if !s.own_key && caller.user_name.as_deref() == Some(user.as_str()) {
         return Err(Refusal(format!(
             "rekey is running as {user}, the user being rotated; its credentials are the ones about to change: run it as another principal (an admin user or role)"
         )));
@@ -539,6 +547,8 @@ impl Run<'_> {
         }
         // The targets hold the secret now; the process no longer needs it.
         drop(key);
+        // Rotating its own key, rekey signs from here on with the key that will stay.
+        self.fx.iam.sign_with(Signer::New);
 
         if s.defer_deactivation {
             self.probe_then_defer(&s.probe, s.grace).await
@@ -687,6 +697,9 @@ impl Run<'_> {
         self.fx.progress.done();
         let reason = format!("{}: {}", failure.step, failure.error);
         tracing::error!("rotation failed at {reason}; rolling back");
+        // Rotating its own key, rekey undoes with the old key while it is still Active; once it
+        // may be off, only the new key can turn it back on.
+        self.fx.iam.sign_with(if self.state().deactivate.started() { Signer::New } else { Signer::Old });
         if self.steps.iter().all(|s| s.name != failure.step) {
             self.steps.push(StepReport { name: failure.step.clone(), status: "failed", duration_ms: 0 });
         }
