@@ -4,7 +4,6 @@
 mod support;
 
 use support::*;
-use testbed::moto::{Moto, seed};
 
 fn one_line(out: &Output) -> &str {
     let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -16,13 +15,12 @@ fn one_line(out: &Output) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_exit_2_with_one_line_and_change_nothing() {
-    let moto = Moto::start();
-    let s = seed(&moto).await;
-    let dir = state_dir();
-    let env_path = write_env_file(dir.path(), &s.app_key);
+    let sc = Scenario::start().await;
+    let (moto, s, dir) = (&sc.moto, &sc.seeded, &sc.dir);
+    let env_path = sc.env_file();
     let env_target = format!("env:{}", env_path.display());
     let env_before = std::fs::read(&env_path).unwrap();
-    let keys_before = keys_of(&moto, &s.admin, &s.app_user).await;
+    let keys_before = keys_of(moto, &s.admin, &s.app_user).await;
 
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
@@ -70,7 +68,7 @@ async fn refusals_exit_2_with_one_line_and_change_nothing() {
     for (args, expect) in &cases {
         let mut full = vec!["rotate"];
         full.extend(args.iter().map(String::as_str));
-        let out = rekey(&moto, &s.admin, dir.path(), &full).await;
+        let out = rekey(moto, &s.admin, dir.path(), &full).await;
         out.assert_code(2);
         let line = one_line(&out);
         assert!(line.contains(expect), "{args:?}: {line}");
@@ -81,12 +79,12 @@ async fn refusals_exit_2_with_one_line_and_change_nothing() {
     let unreadable = dir.path().join("unreadable.env");
     std::fs::create_dir(&unreadable).unwrap();
     let target = format!("env:{}", unreadable.display());
-    let out = rekey(&moto, &s.admin, dir.path(), &["rotate", "--user", &s.app_user, "--target", &target]).await;
+    let out = rekey(moto, &s.admin, dir.path(), &["rotate", "--user", &s.app_user, "--target", &target]).await;
     out.assert_code(2);
     assert!(one_line(&out).contains("unreadable.env"), "{}", out.stderr);
 
     // Rotating as the user being rotated.
-    let out = rekey(&moto, &s.app_key, dir.path(), &["rotate", "--user", &s.app_user, "--target", &env_target]).await;
+    let out = rekey(moto, &s.app_key, dir.path(), &["rotate", "--user", &s.app_user, "--target", &env_target]).await;
     out.assert_code(2);
     assert!(one_line(&out).contains("running as app-integration-user"), "{}", out.stderr);
 
@@ -97,7 +95,7 @@ async fn refusals_exit_2_with_one_line_and_change_nothing() {
     let second_id = second.access_key().unwrap().access_key_id().to_string();
     moto.set_auth(true).await;
     let out = rekey(
-        &moto,
+        moto,
         &s.admin,
         dir.path(),
         &["rotate", "--user", &s.app_user, "--target", &env_target, "--output", "json"],
@@ -111,24 +109,21 @@ async fn refusals_exit_2_with_one_line_and_change_nothing() {
     iam.delete_access_key().user_name(&s.app_user).access_key_id(&second_id).send().await.unwrap();
 
     assert_eq!(std::fs::read(&env_path).unwrap(), env_before);
-    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, keys_before);
+    assert_eq!(keys_of(moto, &s.admin, &s.app_user).await, keys_before);
     assert!(journal_text(dir.path()).is_empty(), "no journal for refused runs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_prints_the_plan_and_changes_nothing() {
-    let moto = Moto::start();
-    let s = seed(&moto).await;
-    let dir = state_dir();
-    let env_path = write_env_file(dir.path(), &s.app_key);
+    let sc = Scenario::start().await;
+    let (moto, s) = (&sc.moto, &sc.seeded);
+    let env_path = sc.env_file();
     let before = std::fs::read(&env_path).unwrap();
-    let target = format!("env:{}", env_path.display());
-    let out =
-        rekey(&moto, &s.admin, dir.path(), &["rotate", "--user", &s.app_user, "--target", &target, "--dry-run"]).await;
+    let out = sc.rotate().target(format!("env:{}", env_path.display())).args(&["--dry-run"]).run().await;
     out.assert_code(0);
     assert!(out.stdout.contains("plan for app-integration-user"), "{}", out.stdout);
     assert!(out.stdout.contains(&s.app_key.access_key_id));
     assert!(out.stderr.contains("no --probe given"), "the missing probe is said loudly: {}", out.stderr);
     assert_eq!(std::fs::read(&env_path).unwrap(), before);
-    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await.len(), 1);
+    assert_eq!(keys_of(moto, &s.admin, &s.app_user).await.len(), 1);
 }

@@ -12,8 +12,7 @@ use aws_sdk_ecs::types::{ContainerDefinition, KeyValuePair, Secret};
 use serde_json::{Value, json};
 use support::*;
 use testbed::app::{self, CredentialSource};
-use testbed::load;
-use testbed::moto::{Creds, Moto, MotoOptions, create_user, seed};
+use testbed::moto::{Creds, Moto, MotoOptions, create_user};
 
 const SECRET_ID: &str = "prod/app/aws";
 /// A field of the secret that is not the key: a rotation must leave it alone.
@@ -30,8 +29,8 @@ const SECRET: &str = "AWS_SECRET_ACCESS_KEY";
 const PLATFORM_ACTIONS: &[&str] =
     &["secretsmanager:GetSecretValue", "ecs:DescribeServices", "ecs:DescribeTaskDefinition"];
 
-fn moto_with_ecs() -> Moto {
-    Moto::start_with(MotoOptions { ecs_service_running: Some(RUNNING) })
+async fn scenario_with_ecs() -> Scenario {
+    Scenario::start_with(MotoOptions { ecs_service_running: Some(RUNNING) }).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,57 +190,38 @@ async fn assert_rotated(moto: &Moto, s: &testbed::Seeded, json: &Value, new: &Cr
     assert!(sts_check(moto, new).await.is_ok(), "new key works");
 }
 
-fn assert_no_failures(report: &load::LoadReport, min_total: u64) {
-    assert_eq!(report.failed, 0, "failed app requests: {:?}", report.first_failures);
-    assert!(report.total >= min_total, "the app was under load the whole time ({} requests)", report.total);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secretsmanager_rotation_under_load_has_zero_failed_requests() {
-    let moto = Moto::start();
-    let s = seed(&moto).await;
-    let dir = state_dir();
-    create_secret(&moto, &s.admin, &s.app_key).await;
-    let platform = create_user(&moto, &s.admin, "app-platform", PLATFORM_ACTIONS).await;
+    let sc = Scenario::start().await;
+    let (moto, s, dir) = (&sc.moto, &sc.seeded, &sc.dir);
+    create_secret(moto, &s.admin, &s.app_key).await;
+    let platform = create_user(moto, &s.admin, "app-platform", PLATFORM_ACTIONS).await;
     let app = app::start(
-        &moto,
+        moto,
         CredentialSource::SecretsManager { secret_id: SECRET_ID.into(), platform, cache_ttl: Duration::from_secs(1) },
     )
     .await;
-    moto.set_auth(true).await;
+    sc.enforce_auth().await;
 
-    let load = load::start(app.url(), 25);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let probe = format!("{}/health", app.url());
-    let target = format!("secretsmanager:{SECRET_ID}");
     // The app caches the secret for 1 s: after AWSCURRENT moves it keeps signing with the old key
     // for up to that long, so the old key must stay Active longer than the cache lives.
-    let mut args = vec![
-        "rotate",
-        "--user",
-        &s.app_user,
-        "--target",
-        &target,
-        "--probe",
-        &probe,
-        "--grace",
-        "2s",
-        "--output",
-        "json",
-    ];
-    args.extend(FAST);
-    let out = rekey(&moto, &s.admin, dir.path(), &args).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let report = load.stop().await;
+    let out = sc
+        .rotate()
+        .target(format!("secretsmanager:{SECRET_ID}"))
+        .probe(&app)
+        .args(&["--grace", "2s"])
+        .json()
+        .under_load(&app, 60)
+        .run()
+        .await;
 
     out.assert_code(0);
     let json = out.json();
-    assert_no_failures(&report, 60);
     assert!(json["steps"].as_array().unwrap().iter().any(|s| s["name"] == "grace"), "{json}");
 
-    let current = secret_current(&moto, &s.admin).await;
+    let current = secret_current(moto, &s.admin).await;
     let new = creds_in(&current);
-    assert_rotated(&moto, &s, &json, &new).await;
+    assert_rotated(moto, s, &json, &new).await;
     assert_eq!(current[OTHER_FIELD.0], OTHER_FIELD.1, "the other field is untouched");
     assert_eq!(
         current.as_object().unwrap().len(),
@@ -249,145 +229,107 @@ async fn secretsmanager_rotation_under_load_has_zero_failed_requests() {
         "no field added or removed: {:?}",
         current.as_object().unwrap().keys()
     );
-    let labels = secret_labels(&moto, &s.admin).await;
+    let labels = secret_labels(moto, &s.admin).await;
     assert!(holders(&labels, "AWSPENDING").is_empty(), "no AWSPENDING left: {labels:?}");
     assert_eq!(holders(&labels, "AWSCURRENT").len(), 1);
     assert_eq!(holders(&labels, "AWSPREVIOUS").len(), 1, "the old value stays as AWSPREVIOUS: {labels:?}");
     assert_eq!(app.stats().last_key_id.as_deref(), Some(new.access_key_id.as_str()), "the app uses the new key");
     assert_secret_absent(&new.secret_access_key, &[&out], dir.path());
-    moto.set_auth(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecs_environment_rotation_under_load_deploys_a_new_revision() {
-    let moto = moto_with_ecs();
-    let s = seed(&moto).await;
-    let dir = state_dir();
-    create_cluster(&moto, &s.admin).await;
-    let original = create_service(&moto, &s.admin, SERVICE, KeyIn::Environment(&s.app_key)).await;
-    let platform = create_user(&moto, &s.admin, "app-platform", PLATFORM_ACTIONS).await;
-    let app = app::start(&moto, ecs_app(SERVICE, &platform)).await;
-    moto.set_auth(true).await;
+    let sc = scenario_with_ecs().await;
+    let (moto, s, dir) = (&sc.moto, &sc.seeded, &sc.dir);
+    create_cluster(moto, &s.admin).await;
+    let original = create_service(moto, &s.admin, SERVICE, KeyIn::Environment(&s.app_key)).await;
+    let platform = create_user(moto, &s.admin, "app-platform", PLATFORM_ACTIONS).await;
+    let app = app::start(moto, ecs_app(SERVICE, &platform)).await;
+    sc.enforce_auth().await;
 
-    let load = load::start(app.url(), 25);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let probe = format!("{}/health", app.url());
-    let target = format!("ecs:{CLUSTER}/{SERVICE}");
     // moto reports the new deployment COMPLETED the moment UpdateService returns, and the model
     // app switches its tasks on its next 200 ms poll; on AWS a COMPLETED rollout has already
     // stopped the old tasks. The 1 s grace covers that gap of the model, not a cache.
-    let mut args = vec![
-        "rotate",
-        "--user",
-        &s.app_user,
-        "--target",
-        &target,
-        "--probe",
-        &probe,
-        "--ecs-timeout",
-        "60s",
-        "--grace",
-        "1s",
-        "--output",
-        "json",
-    ];
-    args.extend(FAST);
-    let out = rekey(&moto, &s.admin, dir.path(), &args).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let report = load.stop().await;
+    let out = sc
+        .rotate()
+        .target(format!("ecs:{CLUSTER}/{SERVICE}"))
+        .probe(&app)
+        .args(&["--ecs-timeout", "60s", "--grace", "1s"])
+        .json()
+        .under_load(&app, 40)
+        .run()
+        .await;
 
     out.assert_code(0);
     let json = out.json();
-    assert_no_failures(&report, 40);
 
-    let now = service_task_definition(&moto, &s.admin, SERVICE).await;
+    let now = service_task_definition(moto, &s.admin, SERVICE).await;
     assert_ne!(now, original, "the service runs a new revision");
     assert_eq!(revision(&now), revision(&original) + 1);
-    let env = web_environment(&moto, &s.admin, &now).await;
+    let env = web_environment(moto, &s.admin, &now).await;
     let new = Creds::new(&env[ID], &env[SECRET]);
     assert_eq!(json["new_key_id"], new.access_key_id.as_str());
     assert_eq!(env["LOG_LEVEL"], "info", "other variables kept");
     assert_eq!(
-        web_environment(&moto, &s.admin, &original).await[ID],
+        web_environment(moto, &s.admin, &original).await[ID],
         s.app_key.access_key_id,
         "the original revision is unchanged"
     );
-    assert_rotated(&moto, &s, &json, &new).await;
+    assert_rotated(moto, s, &json, &new).await;
     assert_eq!(app.stats().last_key_id.as_deref(), Some(new.access_key_id.as_str()), "the tasks use the new key");
     assert_secret_absent(&new.secret_access_key, &[&out], dir.path());
-    moto.set_auth(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_and_ecs_secrets_mode_rotate_together_under_load() {
-    let moto = moto_with_ecs();
-    let s = seed(&moto).await;
-    let dir = state_dir();
-    let arn = create_secret(&moto, &s.admin, &s.app_key).await;
-    create_cluster(&moto, &s.admin).await;
-    let original = create_service(&moto, &s.admin, SERVICE, KeyIn::Secret(&arn)).await;
-    let platform = create_user(&moto, &s.admin, "app-platform", PLATFORM_ACTIONS).await;
-    let app = app::start(&moto, ecs_app(SERVICE, &platform)).await;
-    moto.set_auth(true).await;
+    let sc = scenario_with_ecs().await;
+    let (moto, s, dir) = (&sc.moto, &sc.seeded, &sc.dir);
+    let arn = create_secret(moto, &s.admin, &s.app_key).await;
+    create_cluster(moto, &s.admin).await;
+    let original = create_service(moto, &s.admin, SERVICE, KeyIn::Secret(&arn)).await;
+    let platform = create_user(moto, &s.admin, "app-platform", PLATFORM_ACTIONS).await;
+    let app = app::start(moto, ecs_app(SERVICE, &platform)).await;
+    sc.enforce_auth().await;
 
-    let load = load::start(app.url(), 25);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let probe = format!("{}/health", app.url());
-    let secret_target = format!("secretsmanager:{SECRET_ID}");
-    let ecs_target = format!("ecs:{CLUSTER}/{SERVICE}");
     // See the environment-mode test for why a 1 s grace.
-    let mut args = vec![
-        "rotate",
-        "--user",
-        &s.app_user,
-        "--target",
-        &secret_target,
-        "--target",
-        &ecs_target,
-        "--probe",
-        &probe,
-        "--ecs-timeout",
-        "60s",
-        "--grace",
-        "1s",
-        "--output",
-        "json",
-    ];
-    args.extend(FAST);
-    let out = rekey(&moto, &s.admin, dir.path(), &args).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let report = load.stop().await;
+    let out = sc
+        .rotate()
+        .target(format!("secretsmanager:{SECRET_ID}"))
+        .target(format!("ecs:{CLUSTER}/{SERVICE}"))
+        .probe(&app)
+        .args(&["--ecs-timeout", "60s", "--grace", "1s"])
+        .json()
+        .under_load(&app, 40)
+        .run()
+        .await;
 
     out.assert_code(0);
     let json = out.json();
-    assert_no_failures(&report, 40);
     assert_eq!(json["targets"].as_array().unwrap().len(), 2, "{json}");
 
-    let current = secret_current(&moto, &s.admin).await;
+    let current = secret_current(moto, &s.admin).await;
     let new = creds_in(&current);
-    assert_rotated(&moto, &s, &json, &new).await;
+    assert_rotated(moto, s, &json, &new).await;
     assert_eq!(current[OTHER_FIELD.0], OTHER_FIELD.1);
-    assert!(holders(&secret_labels(&moto, &s.admin).await, "AWSPENDING").is_empty());
+    assert!(holders(&secret_labels(moto, &s.admin).await, "AWSPENDING").is_empty());
     // Secrets mode restarts tasks; the task definition itself does not change.
-    assert_eq!(service_task_definition(&moto, &s.admin, SERVICE).await, original);
+    assert_eq!(service_task_definition(moto, &s.admin, SERVICE).await, original);
     assert_eq!(app.stats().last_key_id.as_deref(), Some(new.access_key_id.as_str()), "the tasks use the new key");
     assert_secret_absent(&new.secret_access_key, &[&out], dir.path());
-    moto.set_auth(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_cannot_be_written_rolls_everything_back() {
-    let moto = Moto::start();
-    let s = seed(&moto).await;
-    let dir = state_dir();
-    create_secret(&moto, &s.admin, &s.app_key).await;
-    let env_path = write_env_file(dir.path(), &s.app_key);
+    let sc = Scenario::start().await;
+    let (moto, s) = (&sc.moto, &sc.seeded);
+    create_secret(moto, &s.admin, &s.app_key).await;
+    let env_path = sc.env_file();
     let env_before = std::fs::read(&env_path).unwrap();
-    let secret_before = secret_current_text(&moto, &s.admin).await;
-    let labels_before = secret_labels(&moto, &s.admin).await;
+    let secret_before = secret_current_text(moto, &s.admin).await;
+    let labels_before = secret_labels(moto, &s.admin).await;
     // Everything rekey needs but secretsmanager:PutSecretValue.
     let limited = create_user(
-        &moto,
+        moto,
         &s.admin,
         "rekey-limited",
         &[
@@ -404,16 +346,18 @@ async fn a_target_that_cannot_be_written_rolls_everything_back() {
         ],
     )
     .await;
-    moto.set_auth(true).await;
+    sc.enforce_auth().await;
 
     // The env file goes first: the first target is the one `stage` writes to, so the secret is
     // only written (and refused) at apply, after the env file already holds the new key.
-    let env_target = format!("env:{}", env_path.display());
-    let secret_target = format!("secretsmanager:{SECRET_ID}");
-    let mut args =
-        vec!["rotate", "--user", &s.app_user, "--target", &env_target, "--target", &secret_target, "--output", "json"];
-    args.extend(FAST);
-    let out = rekey(&moto, &limited, dir.path(), &args).await;
+    let out = sc
+        .rotate()
+        .signed_by(&limited)
+        .target(format!("env:{}", env_path.display()))
+        .target(format!("secretsmanager:{SECRET_ID}"))
+        .json()
+        .run()
+        .await;
 
     out.assert_code(3);
     let json = out.json();
@@ -423,11 +367,10 @@ async fn a_target_that_cannot_be_written_rolls_everything_back() {
     assert!(error.contains("apply:secretsmanager:") && error.contains("access denied"), "{error}");
     assert_eq!(json["targets"][0]["status"], "restored", "{json}");
     assert_eq!(std::fs::read(&env_path).unwrap(), env_before, "env file restored byte for byte");
-    assert_eq!(secret_current_text(&moto, &s.admin).await, secret_before, "AWSCURRENT value unchanged");
-    assert_eq!(secret_labels(&moto, &s.admin).await, labels_before, "no version written, no label moved");
-    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, vec![(s.app_key.access_key_id.clone(), "Active".into())]);
-    assert!(sts_check(&moto, &s.app_key).await.is_ok());
-    moto.set_auth(false).await;
+    assert_eq!(secret_current_text(moto, &s.admin).await, secret_before, "AWSCURRENT value unchanged");
+    assert_eq!(secret_labels(moto, &s.admin).await, labels_before, "no version written, no label moved");
+    assert_eq!(keys_of(moto, &s.admin, &s.app_user).await, vec![(s.app_key.access_key_id.clone(), "Active".into())]);
+    assert!(sts_check(moto, &s.app_key).await.is_ok());
 }
 
 /// The actions of the Allow statements of deploy/iam-policy-rotate.json.
@@ -451,86 +394,72 @@ fn shipped_policy_actions() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_least_privilege_policy_is_enough_for_every_target_kind() {
-    let moto = moto_with_ecs();
-    let s = seed(&moto).await;
-    let dir = state_dir();
-    let arn = create_secret(&moto, &s.admin, &s.app_key).await;
-    create_cluster(&moto, &s.admin).await;
-    let reads_secret = create_service(&moto, &s.admin, "reads-secret", KeyIn::Secret(&arn)).await;
-    let holds_key = create_service(&moto, &s.admin, "holds-key", KeyIn::Environment(&s.app_key)).await;
-    let env_path = write_env_file(dir.path(), &s.app_key);
+    let sc = scenario_with_ecs().await;
+    let (moto, s, dir) = (&sc.moto, &sc.seeded, &sc.dir);
+    let arn = create_secret(moto, &s.admin, &s.app_key).await;
+    create_cluster(moto, &s.admin).await;
+    let reads_secret = create_service(moto, &s.admin, "reads-secret", KeyIn::Secret(&arn)).await;
+    let holds_key = create_service(moto, &s.admin, "holds-key", KeyIn::Environment(&s.app_key)).await;
+    let env_path = sc.env_file();
     let actions = shipped_policy_actions();
     let actions: Vec<&str> = actions.iter().map(String::as_str).collect();
-    let rotator = create_user(&moto, &s.admin, "rekey-rotator", &actions).await;
-    moto.set_auth(true).await;
+    let rotator = create_user(moto, &s.admin, "rekey-rotator", &actions).await;
+    sc.enforce_auth().await;
 
-    let targets = [
-        format!("secretsmanager:{SECRET_ID}"),
-        format!("ecs:{CLUSTER}/reads-secret"),
-        format!("ecs:{CLUSTER}/holds-key"),
-        format!("env:{}", env_path.display()),
-    ];
-    let mut args = vec!["rotate", "--user", &s.app_user, "--ecs-timeout", "60s", "--output", "json"];
-    for t in &targets {
-        args.extend(["--target", t.as_str()]);
-    }
-    args.extend(FAST);
-    let out = rekey(&moto, &rotator, dir.path(), &args).await;
+    let out = sc
+        .rotate()
+        .signed_by(&rotator)
+        .target(format!("secretsmanager:{SECRET_ID}"))
+        .target(format!("ecs:{CLUSTER}/reads-secret"))
+        .target(format!("ecs:{CLUSTER}/holds-key"))
+        .target(format!("env:{}", env_path.display()))
+        .args(&["--ecs-timeout", "60s"])
+        .json()
+        .run()
+        .await;
 
     out.assert_code(0);
     let json = out.json();
     assert!(json.get("warnings").is_none_or(|w| !w.to_string().contains("could not")), "{json}");
-    let current = secret_current(&moto, &s.admin).await;
+    let current = secret_current(moto, &s.admin).await;
     let new = creds_in(&current);
-    assert_rotated(&moto, &s, &json, &new).await;
-    assert_eq!(service_task_definition(&moto, &s.admin, "reads-secret").await, reads_secret);
-    let now = service_task_definition(&moto, &s.admin, "holds-key").await;
+    assert_rotated(moto, s, &json, &new).await;
+    assert_eq!(service_task_definition(moto, &s.admin, "reads-secret").await, reads_secret);
+    let now = service_task_definition(moto, &s.admin, "holds-key").await;
     assert_ne!(now, holds_key);
-    assert_eq!(web_environment(&moto, &s.admin, &now).await[ID], new.access_key_id);
+    assert_eq!(web_environment(moto, &s.admin, &now).await[ID], new.access_key_id);
     let env_text = std::fs::read_to_string(&env_path).unwrap();
     assert!(env_text.contains(&new.access_key_id) && env_text.contains(&new.secret_access_key));
     assert_secret_absent(&new.secret_access_key, &[&out], dir.path());
-    moto.set_auth(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ecs_rollback_with_the_shipped_policy_restores_the_revision_and_deregisters_the_copy() {
-    let moto = moto_with_ecs();
-    let s = seed(&moto).await;
-    let dir = state_dir();
-    create_cluster(&moto, &s.admin).await;
-    let original = create_service(&moto, &s.admin, SERVICE, KeyIn::Environment(&s.app_key)).await;
+    let sc = scenario_with_ecs().await;
+    let (moto, s) = (&sc.moto, &sc.seeded);
+    create_cluster(moto, &s.admin).await;
+    let original = create_service(moto, &s.admin, SERVICE, KeyIn::Environment(&s.app_key)).await;
     let actions = shipped_policy_actions();
     let actions: Vec<&str> = actions.iter().map(String::as_str).collect();
-    let rotator = create_user(&moto, &s.admin, "rekey-rotator", &actions).await;
-    moto.set_auth(true).await;
+    let rotator = create_user(moto, &s.admin, "rekey-rotator", &actions).await;
+    sc.enforce_auth().await;
 
     // Nothing listens there: the probe fails after the new revision is deployed.
     let probe = dead_probe_url();
-    let target = format!("ecs:{CLUSTER}/{SERVICE}");
-    let mut args = vec![
-        "rotate",
-        "--user",
-        &s.app_user,
-        "--target",
-        &target,
-        "--probe",
-        &probe,
-        "--probe-timeout",
-        "2s",
-        "--ecs-timeout",
-        "30s",
-        "--output",
-        "json",
-    ];
-    args.extend(FAST);
-    let out = rekey(&moto, &rotator, dir.path(), &args).await;
+    let out = sc
+        .rotate()
+        .signed_by(&rotator)
+        .target(format!("ecs:{CLUSTER}/{SERVICE}"))
+        .args(&["--probe", &probe, "--probe-timeout", "2s", "--ecs-timeout", "30s"])
+        .json()
+        .run()
+        .await;
 
     out.assert_code(3);
     let json = out.json();
     assert_eq!(json["outcome"], "rolled_back", "{json}");
     assert_eq!(json["targets"][0]["status"], "restored", "{json}");
-    assert_eq!(service_task_definition(&moto, &s.admin, SERVICE).await, original, "back on the original revision");
+    assert_eq!(service_task_definition(moto, &s.admin, SERVICE).await, original, "back on the original revision");
     // The revision that held the new key is deregistered: no copy of the new secret is left.
     let ecs = aws_sdk_ecs::Client::new(&moto.sdk_config(&s.admin));
     let active = ecs
@@ -546,9 +475,8 @@ async fn an_ecs_rollback_with_the_shipped_policy_restores_the_revision_and_dereg
         "only the original revision is ACTIVE; rekey said:\n{}",
         out.stderr
     );
-    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, vec![(s.app_key.access_key_id.clone(), "Active".into())]);
-    assert!(sts_check(&moto, &s.app_key).await.is_ok());
-    moto.set_auth(false).await;
+    assert_eq!(keys_of(moto, &s.admin, &s.app_user).await, vec![(s.app_key.access_key_id.clone(), "Active".into())]);
+    assert!(sts_check(moto, &s.app_key).await.is_ok());
 }
 
 /// Without `MOTO_ECS_SERVICE_RUNNING` moto never completes any rollout: not rekey's, and not the
@@ -557,18 +485,13 @@ async fn an_ecs_rollback_with_the_shipped_policy_restores_the_revision_and_dereg
 /// for `rekey resume`: the safe side. The service itself is already back on its revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_that_never_completes_points_the_service_back_and_keeps_the_new_key() {
-    let moto = Moto::start();
-    let s = seed(&moto).await;
-    let dir = state_dir();
-    create_cluster(&moto, &s.admin).await;
-    let original = create_service(&moto, &s.admin, SERVICE, KeyIn::Environment(&s.app_key)).await;
-    moto.set_auth(true).await;
+    let sc = Scenario::start().await;
+    let (moto, s, dir) = (&sc.moto, &sc.seeded, &sc.dir);
+    create_cluster(moto, &s.admin).await;
+    let original = create_service(moto, &s.admin, SERVICE, KeyIn::Environment(&s.app_key)).await;
+    sc.enforce_auth().await;
 
-    let target = format!("ecs:{CLUSTER}/{SERVICE}");
-    let mut args =
-        vec!["rotate", "--user", &s.app_user, "--target", &target, "--ecs-timeout", "5s", "--output", "json"];
-    args.extend(FAST);
-    let out = rekey(&moto, &s.admin, dir.path(), &args).await;
+    let out = sc.rotate().target(format!("ecs:{CLUSTER}/{SERVICE}")).args(&["--ecs-timeout", "5s"]).json().run().await;
 
     out.assert_code(4);
     let json = out.json();
@@ -576,11 +499,10 @@ async fn a_rollout_that_never_completes_points_the_service_back_and_keeps_the_ne
     assert!(json["error"].as_str().unwrap().contains("timed out"), "{json}");
     assert_eq!(json["targets"][0]["status"], "restore_failed", "{json}");
     assert!(json["left"].to_string().contains("resume"), "{json}");
-    assert_eq!(service_task_definition(&moto, &s.admin, SERVICE).await, original, "back on the original revision");
-    let keys = keys_of(&moto, &s.admin, &s.app_user).await;
+    assert_eq!(service_task_definition(moto, &s.admin, SERVICE).await, original, "back on the original revision");
+    let keys = keys_of(moto, &s.admin, &s.app_user).await;
     assert!(keys.contains(&(s.app_key.access_key_id.clone(), "Active".into())), "old key Active: {keys:?}");
     assert_eq!(keys.len(), 2, "the new key is kept while a task might use it: {keys:?}");
-    assert!(sts_check(&moto, &s.app_key).await.is_ok());
+    assert!(sts_check(moto, &s.app_key).await.is_ok());
     assert!(dir.path().join("active").read_dir().unwrap().count() == 1, "journal left for `rekey resume`");
-    moto.set_auth(false).await;
 }

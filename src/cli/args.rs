@@ -63,6 +63,31 @@ pub(crate) enum Command {
     /// Read-only posture report: old, unused and doubled keys, keys of humans without MFA, root keys,
     /// users no [[rotation]] covers. Exits 5 when anything needs action.
     Audit(AuditArgs),
+    /// Print a shell completion script (see the README for where each shell looks for it).
+    Completions(CompletionsArgs),
+    /// Print the man page, or write one page per command into a folder.
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub(crate) shell: CompletionShell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ManArgs {
+    /// Write rekey.1 and a rekey-<command>.1 for every command into this folder (it must exist)
+    /// instead of printing rekey.1.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -182,7 +207,9 @@ pub(crate) struct RotateArgs {
     /// The key to replace, when the user has more than one.
     #[arg(long, value_name = "AKIA…")]
     pub(crate) old_key: Option<String>,
-    /// Where the key is used, in order: secretsmanager:<secret-id>, ecs:[<cluster>/]<service>, env:<path>.
+    /// Where the key is used, in order (repeatable): secretsmanager:<secret-id>, ecs:[<cluster>/]<service>,
+    /// env:<path>, ssm:<parameter>, lambda:<function>, profile:<name>[@<file>] or exec:<command>;
+    /// options follow a ?, e.g. env:app.env?id-field=KEY_ID (see the README's table of targets).
     #[arg(long = "target", value_name = "SPEC", required_unless_present = "own_key")]
     pub(crate) targets: Vec<TargetSpec>,
     /// Shell command run after the --target just before it is written (and after its rollback).
@@ -405,6 +432,25 @@ mod tests {
     fn restart_cmd_before_any_target_is_refused() {
         let m = rotate_matches(&["rekey", "rotate", "--user", "u", "--restart-cmd", "x", "--target", "env:/a"]);
         assert!(restart_cmds_by_target(&m, 1).unwrap_err().contains("must follow"));
+    }
+
+    /// Every kind the adapters parse, named in `--target`'s help. The match has no wildcard, so a
+    /// new kind does not compile here until it is added to the list, and then to the help.
+    #[test]
+    fn target_help_names_every_kind() {
+        use rekey_adapters::TargetKind::{self, *};
+        let kinds = [SecretsManager, Ecs, Env, Ssm, Lambda, Profile, Exec];
+        for kind in kinds {
+            match kind {
+                SecretsManager | Ecs | Env | Ssm | Lambda | Profile | Exec => {}
+            }
+        }
+        let mut cmd = Cli::command();
+        let rotate = cmd.find_subcommand_mut("rotate").expect("rotate");
+        let help = rotate.render_help().to_string();
+        let missing: Vec<&str> =
+            kinds.iter().map(|k: &TargetKind| k.as_str()).filter(|k| !help.contains(&format!("{k}:"))).collect();
+        assert!(missing.is_empty(), "--target's help leaves out {missing:?}:\n{help}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches};
 
 mod args;
+mod install;
 mod output;
 
 use args::*;
@@ -83,6 +84,12 @@ pub async fn main() -> Status {
             return Status::Refused;
         }
     };
+    // Packaging runs these at build time, where there may be no HOME and no AWS configuration.
+    match &cli.command {
+        Command::Completions(args) => return install::completions(args.shell),
+        Command::Man(args) => return install::man(args.out_dir.as_deref()),
+        _ => {}
+    }
     init_logging(cli.verbose);
     let json = cli.output == OutputFormat::Json;
     let state_dir = match cli.state_dir.clone().map(Ok).unwrap_or_else(default_state_dir) {
@@ -200,6 +207,7 @@ pub async fn main() -> Status {
             let skip = crate::incident::run::Cutover::Skip { why: "investigate changes nothing".into() };
             incident(&cli, state_dir, args, skip, false, true, json).await
         }
+        Command::Completions(_) | Command::Man(_) => unreachable!("answered before the state folder is needed"),
         Command::Contain(args) => contain(&cli, args, json).await,
         Command::Audit(args) => audit(&cli, args, json).await,
         Command::Plan(args) => fleet(&cli, state_dir, &args.config, None, json).await,

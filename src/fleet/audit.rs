@@ -11,6 +11,7 @@ use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::types::{StatusType, SummaryKeyType};
 use serde::Serialize;
 
+use crate::aws::error_text;
 use crate::fleet::config::{Config, Defaults, Rotation};
 
 /// IAM throttles per account: a few calls in flight keep large accounts quick without tripping it.
@@ -127,10 +128,9 @@ pub async fn audit(
     now: SystemTime,
 ) -> Result<AuditReport, String> {
     let sts = aws_sdk_sts::Client::new(sdk);
-    let me =
-        sts.get_caller_identity().send().await.map_err(|e| {
-            format!("cannot identify the caller ({}); check the AWS credentials and region", describe(&e))
-        })?;
+    let me = sts.get_caller_identity().send().await.map_err(|e| {
+        format!("cannot identify the caller ({}); check the AWS credentials and region", error_text(&e))
+    })?;
     let home = me.account().unwrap_or_default().to_string();
     let mut accounts = vec![read_account(sdk, &home, true, None).await];
     let mut seen = vec![home];
@@ -165,7 +165,7 @@ async fn assume(
         .set_external_id(account.external_id.clone())
         .send()
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| error_text(&e))?;
     let c = out.credentials().ok_or("AssumeRole returned no credentials")?;
     let creds = Credentials::new(
         c.access_key_id(),
@@ -192,13 +192,13 @@ async fn read_account(sdk: &aws_types::SdkConfig, id: &str, home: bool, role_arn
                     > 0,
             )
         }
-        Err(e) => facts.problems.push(format!("cannot read GetAccountSummary (root access keys): {}", describe(&e))),
+        Err(e) => facts.problems.push(format!("cannot read GetAccountSummary (root access keys): {}", error_text(&e))),
     }
     // The paginator follows Marker/IsTruncated, so it is right whether or not MaxItems is honoured.
     let users = match iam.list_users().into_paginator().items().send().collect::<Result<Vec<_>, _>>().await {
         Ok(u) => u,
         Err(e) => {
-            facts.error = Some(format!("cannot list users: {}", describe(&e)));
+            facts.error = Some(format!("cannot list users: {}", error_text(&e)));
             return facts;
         }
     };
@@ -234,7 +234,7 @@ async fn read_user(iam: &aws_sdk_iam::Client, name: String) -> UserFacts {
     let keys = match listed {
         Ok(k) => k,
         Err(e) => {
-            user.error = Some(format!("ListAccessKeys: {}", describe(&e)));
+            user.error = Some(format!("ListAccessKeys: {}", error_text(&e)));
             return user;
         }
     };
@@ -245,7 +245,7 @@ async fn read_user(iam: &aws_sdk_iam::Client, name: String) -> UserFacts {
                 out.access_key_last_used().and_then(|u| u.last_used_date()).and_then(|d| SystemTime::try_from(*d).ok())
             }
             Err(e) => {
-                user.error = Some(format!("GetAccessKeyLastUsed {id}: {}", describe(&e)));
+                user.error = Some(format!("GetAccessKeyLastUsed {id}: {}", error_text(&e)));
                 None
             }
         };
@@ -264,7 +264,7 @@ async fn read_user(iam: &aws_sdk_iam::Client, name: String) -> UserFacts {
         Ok(_) => user.login_profile = true,
         Err(e) if e.code() == Some("NoSuchEntity") => return user,
         Err(e) => {
-            user.error = Some(format!("GetLoginProfile: {}", describe(&e)));
+            user.error = Some(format!("GetLoginProfile: {}", error_text(&e)));
             return user;
         }
     }
@@ -281,22 +281,10 @@ async fn read_user(iam: &aws_sdk_iam::Client, name: String) -> UserFacts {
         Err(e) => {
             // Unknown MFA must not read as "no MFA": count one so no false finding is raised.
             user.mfa_devices = 1;
-            user.error = Some(format!("ListMFADevices: {}", describe(&e)));
+            user.error = Some(format!("ListMFADevices: {}", error_text(&e)));
         }
     }
     user
-}
-
-fn describe<E, R>(e: &aws_sdk_iam::error::SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match (e.code(), e.message()) {
-        (Some(code), Some(msg)) => format!("{code}: {msg}"),
-        (Some(code), None) => code.to_string(),
-        _ => aws_sdk_iam::error::DisplayErrorContext(e).to_string(),
-    }
 }
 
 /// Judges the facts: which findings, for whom, and how to fix each.

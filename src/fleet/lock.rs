@@ -23,8 +23,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::aws::error_text;
 
 /// Who holds a lock that could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +109,7 @@ impl DynamoDbLock {
                 "the lock table {} does not exist; create it (partition key pk, type String) or remove [lock] from the config",
                 self.table
             ))),
-            Err(e) => Err(LockError(format!("cannot read the lock table {}: {}", self.table, DisplayErrorContext(&e)))),
+            Err(e) => Err(LockError(format!("cannot read the lock table {}: {}", self.table, error_text(&e)))),
         }
     }
 
@@ -120,7 +122,7 @@ impl DynamoDbLock {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| LockError(format!("reading lock {key}: {}", DisplayErrorContext(&e))))?;
+            .map_err(|e| LockError(format!("reading lock {key}: {}", error_text(&e))))?;
         Ok(out.item().map(holder_of))
     }
 }
@@ -164,7 +166,7 @@ impl UserLock for DynamoDbLock {
                     }
                 }
                 Err(e) => {
-                    return Err(LockError(format!("taking lock {key} in {}: {}", self.table, DisplayErrorContext(&e))));
+                    return Err(LockError(format!("taking lock {key} in {}: {}", self.table, error_text(&e))));
                 }
             }
         }
@@ -187,7 +189,7 @@ impl UserLock for DynamoDbLock {
             Ok(_) => Ok(()),
             // Expired and taken over (or removed by hand): it is no longer ours to delete.
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
-            Err(e) => Err(LockError(format!("releasing lock {}: {}", guard.key, DisplayErrorContext(&e)))),
+            Err(e) => Err(LockError(format!("releasing lock {}: {}", guard.key, error_text(&e)))),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use aws_sdk_athena::error::DisplayErrorContext;
+use aws_sdk_athena::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_athena::types::{QueryExecutionContext, QueryExecutionState, ResultConfiguration};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rekey_trail::athena::{self as sql, SOURCE_COLUMN, SqlError, TableSpec};
@@ -321,8 +321,12 @@ pub async fn search(
     Ok(summary)
 }
 
-fn api_error(e: impl std::error::Error) -> AthenaError {
-    AthenaError::Api(DisplayErrorContext(&e).to_string())
+fn api_error<E, R>(e: SdkError<E, R>) -> AthenaError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    AthenaError::Api(crate::aws::error_text(&e))
 }
 
 #[async_trait]

@@ -165,10 +165,7 @@ pub async fn athena_settings(
     let mut accounts = opts.accounts.clone();
     if accounts.is_empty() {
         let me = aws_sdk_sts::Client::new(sdk).get_caller_identity().send().await.map_err(|e| {
-            format!(
-                "cannot tell the account to search ({}); pass --athena-account",
-                aws_sdk_sts::error::DisplayErrorContext(&e)
-            )
+            format!("cannot tell the account to search ({}); pass --athena-account", crate::aws::error_text(&e))
         })?;
         accounts.push(me.account().unwrap_or_default().to_string());
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use rekey_trail::source::is_log_name;
 use rekey_trail::{DELIVERY_MARGIN, Item, LocalSource, Source, SourceError};
 use tokio::runtime::Handle;
@@ -184,7 +184,7 @@ impl S3Source {
             // A connection dropped mid-body is not retried by the SDK.
             match out.body.collect().await {
                 Ok(body) => return Ok(body.into_bytes().into()),
-                Err(e) => last = format!("download interrupted: {}", one_line(&DisplayErrorContext(e).to_string())),
+                Err(e) => last = format!("download interrupted: {}", one_line(&crate::aws::chain(&e))),
             }
         }
         Err(item_error(item, last))
@@ -252,12 +252,9 @@ where
         Some("NoSuchKey") => "the object is gone (deleted since it was listed)".into(),
         _ => match e {
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                format!(
-                    "cannot reach S3 ({}); check the network and the region",
-                    one_line(&DisplayErrorContext(e).to_string())
-                )
+                format!("cannot reach S3 ({}); check the network and the region", one_line(&crate::aws::chain(e)))
             }
-            _ => one_line(&DisplayErrorContext(e).to_string()),
+            _ => one_line(&crate::aws::error_text(e)),
         },
     }
 }

@@ -1,12 +1,16 @@
-//! What the integration tests share: running the real `rekey` binary against the emulator, and
-//! the checks every rotation test makes (the secret never leaks, the old key is really off).
+//! What the integration tests share: running the real `rekey` binary against the emulator, the
+//! checks every rotation test makes (the secret never leaks, the old key is really off), and
+//! [`Scenario`], the world a rotation test starts from, so each test reads as what it seeds, what it
+//! runs and what it checks.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use testbed::moto::{Creds, Moto};
+use testbed::app::App;
+use testbed::load;
+use testbed::moto::{Creds, Moto, MotoOptions, Seeded, seed};
 
 pub struct Output {
     pub code: i32,
@@ -39,15 +43,7 @@ pub async fn rekey_env(
     args: &[&str],
     extra_env: &[(&str, &str)],
 ) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rekey"));
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in moto.env_for(creds) {
-        cmd.env(k, v);
-    }
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    cmd.arg("--state-dir").arg(state_dir).args(args).stdin(std::process::Stdio::null());
+    let mut cmd = rekey_command(moto, creds, state_dir, args, extra_env);
     let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
         .await
         .expect("rekey finished within 5 minutes")
@@ -58,6 +54,27 @@ pub async fn rekey_env(
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// The `rekey` process [`rekey_env`] runs: nothing inherited but PATH, the emulator's endpoint and
+/// `creds` as the only AWS configuration.
+pub fn rekey_command(
+    moto: &Moto,
+    creds: &Creds,
+    state_dir: &Path,
+    args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rekey"));
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in moto.env_for(creds) {
+        cmd.env(k, v);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.arg("--state-dir").arg(state_dir).args(args).stdin(std::process::Stdio::null());
+    cmd
 }
 
 /// Fast waits for the emulator, where a key works at once.
@@ -130,4 +147,124 @@ pub fn write_env_file(dir: &Path, creds: &Creds) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     path
+}
+
+/// Requests a second the app gets while a rotation runs under load.
+const LOAD_RPS: u32 = 25;
+/// Load before rekey starts and after it ends, so the edges of the rotation are covered too.
+const LOAD_MARGIN: Duration = Duration::from_secs(1);
+
+/// A rotation test's world: its own emulator with the admin and the app user (one key) seeded, and
+/// a state folder. Auth stays off until [`Scenario::enforce_auth`], so the test seeds its targets
+/// first; [`Scenario::rotate`] then runs `rekey rotate` on the app user.
+pub struct Scenario {
+    pub moto: Moto,
+    pub seeded: Seeded,
+    /// The state folder; tests keep their env files here too.
+    pub dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    pub async fn start() -> Scenario {
+        Self::start_with(MotoOptions::default()).await
+    }
+
+    pub async fn start_with(options: MotoOptions) -> Scenario {
+        let moto = Moto::start_with(options);
+        let seeded = seed(&moto).await;
+        Scenario { moto, seeded, dir: state_dir() }
+    }
+
+    /// An env file in the state folder holding the app user's key (see [`write_env_file`]).
+    pub fn env_file(&self) -> PathBuf {
+        write_env_file(self.dir.path(), &self.seeded.app_key)
+    }
+
+    /// From here on the emulator checks every request as IAM does: an inactive or deleted key fails.
+    pub async fn enforce_auth(&self) {
+        self.moto.set_auth(true).await;
+    }
+
+    /// `rekey rotate --user <app user>` as the admin, with [`FAST`] waits; the builder adds the rest.
+    pub fn rotate(&self) -> Rotation<'_> {
+        Rotation { scenario: self, signer: &self.seeded.admin, args: Vec::new(), load: None }
+    }
+}
+
+/// One `rekey rotate` run of a [`Scenario`], built flag by flag.
+pub struct Rotation<'a> {
+    scenario: &'a Scenario,
+    signer: &'a Creds,
+    args: Vec<String>,
+    load: Option<(&'a App, u64)>,
+}
+
+impl<'a> Rotation<'a> {
+    pub fn target(self, spec: impl std::fmt::Display) -> Self {
+        self.args(&["--target", &spec.to_string()])
+    }
+
+    /// The app's own health check as the probe.
+    pub fn probe(self, app: &App) -> Self {
+        self.args(&["--probe", &format!("{}/health", app.url())])
+    }
+
+    pub fn json(self) -> Self {
+        self.args(&["--output", "json"])
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Run as another principal than the admin (a least-privilege rotator).
+    pub fn signed_by(mut self, creds: &'a Creds) -> Self {
+        self.signer = creds;
+        self
+    }
+
+    /// Keep `app` under steady load from before rekey starts until after it ends, then assert that
+    /// not one request failed (downtime) and that at least `min_requests` were made (it really was
+    /// under load the whole time).
+    pub fn under_load(mut self, app: &'a App, min_requests: u64) -> Self {
+        self.load = Some((app, min_requests));
+        self
+    }
+
+    fn argv(&self) -> Vec<&str> {
+        let mut argv = vec!["rotate", "--user", self.scenario.seeded.app_user.as_str()];
+        argv.extend(self.args.iter().map(String::as_str));
+        argv.extend(FAST);
+        argv
+    }
+
+    pub async fn run(self) -> Output {
+        let sc = self.scenario;
+        let Some((app, min_requests)) = self.load else {
+            return rekey(&sc.moto, self.signer, sc.dir.path(), &self.argv()).await;
+        };
+        let load = load::start(app.url(), LOAD_RPS);
+        tokio::time::sleep(LOAD_MARGIN).await;
+        let out = rekey(&sc.moto, self.signer, sc.dir.path(), &self.argv()).await;
+        tokio::time::sleep(LOAD_MARGIN).await;
+        let report = load.stop().await;
+        assert_eq!(
+            report.failed, 0,
+            "failed app requests during the rotation: {:?}\nrekey exited {}:\n{}",
+            report.first_failures, out.code, out.stderr
+        );
+        assert!(
+            report.total >= min_requests,
+            "the app was not under load the whole time: {} requests, expected at least {min_requests}",
+            report.total
+        );
+        out
+    }
+
+    /// The process [`Rotation::run`] would run, for a test that signals it while it works.
+    pub fn command(self) -> tokio::process::Command {
+        let sc = self.scenario;
+        rekey_command(&sc.moto, self.signer, sc.dir.path(), &self.argv(), &[])
+    }
 }

@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::aws::error_text;
 
 use super::{Begin, Event, Journal, JournalError, Record, Sink, State, crash_after_from_env, fold};
 
@@ -36,7 +38,7 @@ impl SharedJournals {
                     self.table
                 )
             } else {
-                format!("cannot read the journal table {}: {}", self.table, DisplayErrorContext(&e))
+                format!("cannot read the journal table {}: {}", self.table, error_text(&e))
             }
         })?;
         let keys: Vec<(String, String)> = out
@@ -78,7 +80,7 @@ impl SharedJournals {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| DisplayErrorContext(&e).to_string())
+            .map_err(|e| error_text(&e))
             .map_err(table_err(self.location(&pk), "reading"))?;
         Ok(out.item().and_then(|i| i.get("journal")).and_then(|v| v.as_s().ok()).cloned())
     }
@@ -120,7 +122,7 @@ impl SharedJournals {
                 };
                 return Err(JournalError::Unfinished { user, path });
             }
-            Err(e) => return Err(table_err(self.location(&marker), "starting")(DisplayErrorContext(&e).to_string())),
+            Err(e) => return Err(table_err(self.location(&marker), "starting")(error_text(&e))),
         }
         journal.applied(record)?;
         Ok(journal)
@@ -153,7 +155,7 @@ impl SharedJournals {
                 .set_exclusive_start_key(start)
                 .send()
                 .await
-                .map_err(|e| DisplayErrorContext(&e).to_string())
+                .map_err(|e| error_text(&e))
                 .map_err(table_err(path.clone(), "reading"))?;
             for item in out.items() {
                 lines.push(item.get("record").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default());
@@ -183,7 +185,7 @@ impl SharedJournals {
                 .set_exclusive_start_key(start)
                 .send()
                 .await
-                .map_err(|e| DisplayErrorContext(&e).to_string())
+                .map_err(|e| error_text(&e))
                 .map_err(table_err(self.location(&prefix), "listing"))?;
             journals.extend(out.items().iter().filter_map(|i| i.get("journal").and_then(|v| v.as_s().ok()).cloned()));
             start = out.last_evaluated_key().cloned();
@@ -220,7 +222,7 @@ impl SharedJournals {
                     record.seq
                 ),
             }),
-            Err(e) => Err(table_err(self.location(pk), "writing")(DisplayErrorContext(&e).to_string())),
+            Err(e) => Err(table_err(self.location(pk), "writing")(error_text(&e))),
         }
     }
 
@@ -243,7 +245,7 @@ impl SharedJournals {
                 path: self.location(pk),
                 problem: format!("{marker} no longer points to this journal; it was closed by another runner"),
             }),
-            Err(e) => Err(table_err(self.location(pk), "archiving")(DisplayErrorContext(&e).to_string())),
+            Err(e) => Err(table_err(self.location(pk), "archiving")(error_text(&e))),
         }
     }
 }
