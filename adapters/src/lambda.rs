@@ -28,10 +28,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_lambda::Client;
-use aws_sdk_lambda::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::types::{Environment, LastUpdateStatus, State};
 use serde::{Deserialize, Serialize};
 
+use crate::error::SdkFailure;
 use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError, TargetSpec};
 
 /// Bound on waiting for a configuration update to go live. Lambda applies one in seconds; a
@@ -85,10 +86,6 @@ impl Config {
     }
 }
 
-fn redact(text: String, secrets: &[&str]) -> String {
-    secrets.iter().filter(|s| s.len() >= 4).fold(text, |t, s| t.replace(s, "[redacted]"))
-}
-
 impl LambdaTarget {
     pub fn new(spec: &TargetSpec, sdk: &aws_types::SdkConfig, options: &Options) -> Self {
         LambdaTarget {
@@ -111,18 +108,15 @@ impl LambdaTarget {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let code = err.code().unwrap_or_default().to_string();
-        let message = redact(err.message().unwrap_or("no message").to_string(), secrets);
-        let detail = redact(format!("{action}: {}", DisplayErrorContext(&err)), secrets);
-        self.err(match code.as_str() {
+        let failure = SdkFailure::new(action, &err, secrets);
+        let message = failure.message.clone();
+        self.err(match failure.code.as_str() {
             "ResourceNotFoundException" => ErrorKind::NotFound(format!("{action}: {message}")),
             "PreconditionFailedException" | "ResourceConflictException" => ErrorKind::Backend(format!(
                 "{action}: function {} was changed by someone else meanwhile ({message}); try again",
                 self.function
             )),
-            "UnrecognizedClientException" | "InvalidClientTokenId" => ErrorKind::AccessDenied(detail),
-            c if c.starts_with("AccessDenied") || c.starts_with("KMS") => ErrorKind::AccessDenied(detail),
-            _ => ErrorKind::Backend(detail),
+            _ => failure.common_kind(),
         })
     }
 

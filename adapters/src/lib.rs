@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod ecs;
 pub mod envfile;
+pub mod error;
 pub mod exec;
 mod file;
 mod keyfile;
@@ -34,6 +35,7 @@ pub mod ssm;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use error::{chain, error_text};
 pub use spec::{SpecError, TargetKind, TargetSpec};
 
 /// The new access key as targets receive it. The secret is zeroized on drop and never printed.
