@@ -16,6 +16,10 @@
 //! - the rollback command may run more than once (rollback is retried by `rekey resume`), and after
 //!   a crash it runs even if `apply` never did: a new process cannot tell. It must be idempotent.
 //!
+//! Both commands run without rekey's own AWS credentials in their environment (they would act as
+//! the rotating admin), in a process group of their own that is killed whole when they outlive
+//! the timeout or rekey stops waiting for them (see [`run_sh`]).
+//!
 //! The target holds no key rekey can read (`current_key_id` is `None`).
 
 use std::ffi::OsStr;
@@ -27,18 +31,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::file::{RunError, redact, run_sh};
+use crate::error::redact;
+use crate::file::{RunError, run_sh};
 use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError, TargetSpec};
-
-/// Credentials of rekey's own environment that would mix with the key handed to the command (a
-/// session token beside a long-term key makes every call fail) or be taken for it on rollback.
-const INHERITED_CREDENTIALS: [&str; 5] = [
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_CREDENTIAL_EXPIRATION",
-];
 
 pub struct ExecTarget {
     name: String,
@@ -103,7 +98,7 @@ impl ExecTarget {
         env: &[(&str, &OsStr)],
         secret: Option<&str>,
     ) -> Result<(), TargetError> {
-        match run_sh(cmd, env, &INHERITED_CREDENTIALS, self.timeout).await {
+        match run_sh(cmd, env, self.timeout).await {
             Ok(()) => Ok(()),
             Err(RunError::Spawn(e)) => Err(self.err(ErrorKind::Consumers(format!("cannot start {what} `{cmd}`: {e}")))),
             Err(RunError::Wait(e)) => Err(self.err(ErrorKind::Consumers(format!("{what} `{cmd}` failed: {e}")))),
@@ -112,7 +107,7 @@ impl ExecTarget {
             }
             Err(RunError::Failed { status, last_stderr }) => {
                 // A command that echoes its environment on failure must not put the secret in the report.
-                let last = redact(&last_stderr, secret.into_iter());
+                let last = redact(&last_stderr, &secret.into_iter().collect::<Vec<_>>());
                 Err(self.err(ErrorKind::Consumers(format!("{what} `{cmd}` exited with {status}: {last}"))))
             }
         }
@@ -356,6 +351,69 @@ mod tests {
         failing.apply(&key(), &snap).await.unwrap();
         let e = failing.rollback(&snap).await.unwrap_err();
         assert!(e.to_string().contains("rollback command") && e.to_string().contains("cannot"), "{e}");
+    }
+
+    /// Whether `pid` is a live process (a zombie waiting to be reaped is not).
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    }
+
+    /// Waits, briefly, for the background child the command wrote to `pidfile` to die.
+    async fn dies(pidfile: &Path) -> bool {
+        let pid = fs::read_to_string(pidfile).expect("the command started its child").trim().to_string();
+        for _ in 0..50 {
+            if !alive(&pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_what_the_command_started_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // `sleep` is a child of `sh`: killing `sh` alone would leave it running for a minute.
+        let cmd = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let t = target(&cmd, None, Duration::from_millis(1500));
+        let snap = t.snapshot().await.unwrap();
+        let e = t.apply(&key(), &snap).await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Timeout { .. }), "{e}");
+        assert!(dies(&pidfile).await, "the command's child outlived the timeout");
+    }
+
+    #[tokio::test]
+    async fn giving_up_on_the_command_kills_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let cmd = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let t = target(&cmd, None, Duration::from_secs(30));
+        let snap = t.snapshot().await.unwrap();
+        // Ctrl-C drops the future of the step under way.
+        let key = key();
+        assert!(tokio::time::timeout(Duration::from_millis(1500), t.apply(&key, &snap)).await.is_err());
+        assert!(dies(&pidfile).await, "the command's child outlived rekey giving up on it");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_exits_keeps_what_it_started_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // A restart command may launch the app this way; its stderr stays open, and rekey does
+        // not wait for it to close.
+        let cmd = format!("sleep 60 & echo $! > {}", pidfile.display());
+        let t = target(&cmd, None, Duration::from_secs(5));
+        let snap = t.snapshot().await.unwrap();
+        let started = std::time::Instant::now();
+        t.apply(&key(), &snap).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3), "waited for the background child's stderr");
+        let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
+        assert!(alive(&pid));
+        std::process::Command::new("kill").arg(&pid).status().unwrap();
     }
 
     #[tokio::test]

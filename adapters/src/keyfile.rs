@@ -24,7 +24,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::file::{RunError, backup_path, fnv1a64, parent, redact, run_sh, sync_dir, write_atomic, write_atomic_with};
+use crate::error::redact;
+use crate::file::{RunError, backup_path, fnv1a64, parent, run_sh, sync_dir, write_atomic, write_atomic_with};
 use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError};
 
 /// The id and the secret as a format found them in a file.
@@ -171,7 +172,7 @@ impl<F: KeyFormat> KeyFileTarget<F> {
         let mut env = vec![("REKEY_FILE", snap.path.as_os_str())];
         env.extend(F::restart_env(&snap.names));
         env.push(("REKEY_ACTION", OsStr::new(action)));
-        match run_sh(cmd, &env, &[], self.restart_timeout).await {
+        match run_sh(cmd, &env, self.restart_timeout).await {
             Ok(()) => Ok(()),
             Err(RunError::Spawn(e)) => {
                 Err(err(ErrorKind::Consumers(format!("cannot start restart command `{cmd}`: {e}"))))
@@ -184,7 +185,7 @@ impl<F: KeyFormat> KeyFileTarget<F> {
                 // The command may print the file it just read; keep any secret in it out of the error.
                 let for_task = snap.clone();
                 let secrets = self.blocking(move |f| Ok(f.known_secrets(&for_task))).await.unwrap_or_default();
-                let last = redact(&last_stderr, secrets.iter().map(|s| s.as_str()));
+                let last = redact(&last_stderr, &secrets.iter().map(|s| s.as_str()).collect::<Vec<_>>());
                 Err(err(ErrorKind::Consumers(format!("restart command `{cmd}` exited with {status}: {last}"))))
             }
         }

@@ -25,6 +25,9 @@ pub struct Cli {
     /// More logging on stderr (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
+    /// Bound on one attempt of an AWS call; a whole call, retries included, gets four times this.
+    #[arg(long, global = true, value_name = "DURATION", env = "REKEY_AWS_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub(crate) aws_timeout: Duration,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

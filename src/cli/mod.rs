@@ -29,7 +29,7 @@ fn default_state_dir() -> Result<PathBuf, String> {
 }
 
 async fn load_sdk(cli: &Cli) -> Result<aws_types::SdkConfig, String> {
-    crate::aws::load_sdk(cli.profile.as_deref(), cli.region.as_deref()).await
+    crate::aws::load_sdk(cli.profile.as_deref(), cli.region.as_deref(), cli.aws_timeout).await
 }
 
 fn init_logging(verbose: u8) {
