@@ -35,12 +35,21 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], like: &fs::Metadata) -> io
     write_atomic_with(path, bytes, like.mode() & 0o7777, like.uid(), like.gid())
 }
 
+/// The start of the names of `path`'s temp files: `.rekey-<file name>.`, then
+/// [`TEMP_RANDOM`] random characters and `.tmp`.
+fn temp_prefix(path: &Path) -> String {
+    format!(".rekey-{}.", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+}
+
+const TEMP_RANDOM: usize = 6;
+
 /// Replaces `path` so that a reader sees the old bytes or the new ones, and a crash leaves one of
-/// them on disk.
+/// them on disk (and at worst a temp file that [`sweep_temps`] removes).
 pub(crate) fn write_atomic_with(path: &Path, bytes: &[u8], mode: u32, uid: u32, gid: u32) -> io::Result<()> {
     let dir = parent(path);
     // tempfile creates the file 0600, so the secret is never readable by others while it is written.
-    let mut tmp = tempfile::Builder::new().prefix(".rekey-").suffix(".tmp").tempfile_in(dir)?;
+    let mut tmp =
+        tempfile::Builder::new().prefix(&temp_prefix(path)).rand_bytes(TEMP_RANDOM).suffix(".tmp").tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     let mine = tmp.as_file().metadata()?;
     // Only root can give a file away; as anyone else the new file is simply ours, as before.
@@ -52,6 +61,35 @@ pub(crate) fn write_atomic_with(path: &Path, bytes: &[u8], mode: u32, uid: u32, 
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(path)
+}
+
+/// Removes the temp files that writes of `path` left when the process died before the rename.
+/// Only `path`'s own: another file in the folder may be in the middle of its own write.
+pub(crate) fn sweep_temps(path: &Path) -> io::Result<()> {
+    let prefix = temp_prefix(path);
+    let mut removed = false;
+    for entry in fs::read_dir(parent(path))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(random) =
+            name.to_str().and_then(|n| n.strip_prefix(prefix.as_str())).and_then(|n| n.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        // `.rekey-a.env.` must not sweep the temp files of `a.env.local`.
+        if random.len() != TEMP_RANDOM || !random.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if removed {
+        sync_dir(path)?;
+    }
+    Ok(())
 }
 
 /// Makes a rename in the folder durable.

@@ -159,6 +159,15 @@ pub trait Target: Send + Sync {
     /// Capture what `apply` will change. The orchestrator journals it before calling `stage`/`apply`.
     async fn snapshot(&self) -> Result<Snapshot, TargetError>;
 
+    /// What `snapshot` is about to leave outside this process (a published version holding the old
+    /// secret), for the orchestrator to journal before it calls `snapshot`: should the process die
+    /// before the snapshot itself is journaled, `rollback` and `finish` given this stand-in find
+    /// what `snapshot` left and remove it. `None`, the default, when `snapshot` leaves nothing that
+    /// the journal would not know of.
+    fn pending_snapshot(&self) -> Option<Snapshot> {
+        None
+    }
+
     /// Write the new key durably where consumers do not see it yet (Secrets Manager's AWSPENDING),
     /// so that the secret survives a crash before it is verified. Returns false when the target
     /// cannot stage; then the secret lives only in memory until `apply`.
