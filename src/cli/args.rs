@@ -176,7 +176,7 @@ pub(crate) struct ContainArgs {
 #[derive(Args, Debug)]
 pub(crate) struct RotateArgs {
     /// The IAM user whose access key is rotated.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_user_name)]
     pub(crate) user: String,
     /// The key to replace, when the user has more than one.
     #[arg(long, value_name = "AKIA…")]
@@ -242,11 +242,22 @@ pub(crate) struct WaitArgs {
 #[derive(Args, Debug)]
 pub(crate) struct ResumeArgs {
     /// The user whose rotation was interrupted.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_user_name)]
     pub(crate) user: String,
     /// Undo the rotation even if it could be finished.
     #[arg(long)]
     pub(crate) rollback: bool,
+    /// A target of the journaled rotation, repeated as given to `rotate` (repeatable). Needed with
+    /// --journal-table for every target that runs a command or writes a file on this machine
+    /// (exec:, env:, profile:, or one with a --restart-cmd): a shared journal is not trusted to.
+    #[arg(long = "target", value_name = "SPEC")]
+    pub(crate) targets: Vec<TargetSpec>,
+    /// The --restart-cmd of the --target before it, repeated as given to `rotate`.
+    #[arg(long = "restart-cmd", value_name = "CMD")]
+    pub(crate) restart_cmds: Vec<String>,
+    /// A probe URL with its password, as given to `rotate` (the journal keeps it without).
+    #[arg(long = "probe", value_name = "URL")]
+    pub(crate) probes: Vec<String>,
     #[command(flatten)]
     pub(crate) waits: WaitArgs,
     #[command(flatten)]
@@ -256,7 +267,7 @@ pub(crate) struct ResumeArgs {
 #[derive(Args, Debug)]
 pub(crate) struct StatusArgs {
     /// Only this user.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_user_name)]
     pub(crate) user: Option<String>,
     #[command(flatten)]
     pub(crate) journal: JournalArgs,
@@ -333,6 +344,18 @@ impl AthenaArgs {
     }
 }
 
+/// An IAM user name (1 to 64 of letters, digits and `+=,.@_-`), checked before it names a journal
+/// file: `../x` or `a/b` would otherwise reach outside the state folder.
+pub(crate) fn parse_user_name(s: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c);
+    if s.is_empty() || s.len() > 64 || !s.chars().all(allowed) {
+        return Err(
+            "not an IAM user name: use 1 to 64 letters, digits and + = , . @ _ - (the user's name, not its ARN)".into(),
+        );
+    }
+    Ok(s.to_string())
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 10m, 1h)"))
 }
@@ -400,6 +423,15 @@ mod tests {
     fn restart_cmd_before_any_target_is_refused() {
         let m = rotate_matches(&["rekey", "rotate", "--user", "u", "--restart-cmd", "x", "--target", "env:/a"]);
         assert!(restart_cmds_by_target(&m, 1).unwrap_err().contains("must follow"));
+    }
+
+    #[test]
+    fn a_user_name_that_could_name_another_path_is_a_usage_error() {
+        for bad in ["../etc", "a/b", "", "arn:aws:iam::1:user/x", &"x".repeat(65)] {
+            let e = Cli::command().try_get_matches_from(["rekey", "resume", "--user", bad]).expect_err(bad);
+            assert!(e.to_string().contains("not an IAM user name"), "{bad}: {e}");
+        }
+        assert!(Cli::command().try_get_matches_from(["rekey", "status", "--user", "app+ci=1,x.y@z_w-v"]).is_ok());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::rotate::iam::{Iam, IamError, KeyCheck, KeyStatus};
 use crate::rotate::journal::{
     Begin, Event, Journal, JournalError, Journals, Outcome, Phase, State, StepState, TargetRecord,
 };
-use crate::rotate::probe::Probe;
+use crate::rotate::probe::{Probe, redact_url};
+use crate::rotate::trust;
 use crate::rotate::wait::{Streak, until_streak};
 
 /// What the user asked for.
@@ -228,7 +229,8 @@ pub async fn rotate(
             .iter()
             .map(|t| TargetRecord { spec: t.spec.raw.clone(), restart_cmd: t.restart_cmd.clone() })
             .collect(),
-        probes: settings.probes.clone(),
+        // Without passwords: `resume` asks for them again (see `trust`).
+        probes: settings.probes.iter().map(|p| redact_url(p)).collect(),
         delete_old: settings.delete_old,
         grace_secs: settings.grace.as_secs(),
         ecs_timeout_secs: settings.ecs_timeout.as_secs(),
@@ -267,6 +269,8 @@ pub async fn resume(
     };
     let state = journal.state().clone();
     let begin = &state.begin;
+    let probe_urls = trust::resumed_probes(&fx.journals, journal.path(), begin, &settings.targets, &settings.probes)
+        .map_err(Refusal)?;
     let ecs_timeout = Duration::from_secs(begin.ecs_timeout_secs);
     let mut targets = Vec::new();
     for t in &begin.targets {
@@ -283,7 +287,7 @@ pub async fn resume(
         targets.push(fx.factory.target(&spec, &cx));
     }
     let mut probes = Vec::new();
-    for url in &begin.probes {
+    for url in &probe_urls {
         probes.push(fx.factory.probe(url).map_err(Refusal)?);
     }
     let changes = vec![Vec::new(); targets.len()];
