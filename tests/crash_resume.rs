@@ -106,6 +106,14 @@ async fn resume_after_a_crash_at_every_journal_record_ends_clean() {
         }
         let status = rekey(&moto, &s.admin, dir.path(), &["status"]).await;
         assert!(status.stdout.contains("no unfinished rotations"), "{}", status.stdout);
+        // No copy of a secret is left beside the file: no backup, no temp file of a cut write.
+        let copies: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("rekey"))
+            .collect();
+        assert!(copies.is_empty(), "crash {crash_after}: left behind: {copies:?}");
         outcomes.push(json["outcome"].as_str().unwrap().to_string());
         moto.set_auth(false).await;
         crash_after += 1;

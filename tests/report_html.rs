@@ -712,3 +712,26 @@ fn html_screenshot_is_a_real_page() {
     assert!(red > 500, "no severity red on the page");
     println!("screenshot: {}", shot.display());
 }
+
+#[test]
+fn report_files_are_private_and_never_written_through_a_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let reports = dir.path().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    // Links planted where the report and its temp file go (a shared folder, another user).
+    std::os::unix::fs::symlink(&victim, reports.join("report.md")).unwrap();
+    std::os::unix::fs::symlink(&victim, reports.join(".report.json.tmp")).unwrap();
+    let paths = write(&reports);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    for p in paths {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        assert!(meta.file_type().is_file(), "{} is a plain file", p.display());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", p.display());
+    }
+    let fresh = dir.path().join("new/reports");
+    write(&fresh);
+    assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
+}

@@ -163,7 +163,19 @@ async fn a_rotation_journaled_in_dynamodb_is_resumed_from_another_state_dir() {
         refused.assert_code(2);
         assert!(refused.stderr.contains(&format!("rekey resume --user {}", w.s.app_user)), "{}", refused.stderr);
 
-        let mut resume = vec!["resume", "--user", &w.s.app_user, "--journal-table", TABLE, "--output", "json"];
+        // The env file is written on this machine: a shared journal alone may not ask for that.
+        let env_target = format!("env:{}", w.env_path.display());
+        let mut resume = vec![
+            "resume",
+            "--user",
+            &w.s.app_user,
+            "--target",
+            &env_target,
+            "--journal-table",
+            TABLE,
+            "--output",
+            "json",
+        ];
         resume.extend(FAST);
         let resumed = rekey(&moto, &w.s.admin, other.path(), &resume).await;
         let json = resumed.json();
@@ -210,4 +222,98 @@ async fn a_rotation_journaled_in_dynamodb_is_resumed_from_another_state_dir() {
     assert!(out.stderr.contains("the journal table no-such-table does not exist"), "{}", out.stderr);
     assert_eq!(keys_of(&moto, &w.s.admin, &w.s.app_user).await.len(), 1);
     moto.set_auth(false).await;
+}
+
+/// Replaces `from` by `to` in every journal record of the table, as anyone allowed to write it could.
+async fn rewrite_records(moto: &Moto, admin: &Creds, from: &str, to: &str) {
+    let ddb = aws_sdk_dynamodb::Client::new(&moto.sdk_config(admin));
+    // As the text appears inside the records' JSON.
+    let json = |t: &str| serde_json::to_string(t).unwrap().trim_matches('"').to_string();
+    let (from, to) = (json(from), json(to));
+    let (from, to) = (from.as_str(), to.as_str());
+    let mut rewritten = 0;
+    for mut item in items(moto, admin).await {
+        if !s(&item, "pk").starts_with("journal#") || !s(&item, "record").contains(from) {
+            continue;
+        }
+        let record = s(&item, "record").replace(from, to);
+        item.insert("record".into(), AttributeValue::S(record));
+        ddb.put_item().table_name(TABLE).set_item(Some(item)).send().await.expect("PutItem");
+        rewritten += 1;
+    }
+    assert!(rewritten > 0, "no record holds {from}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_journal_runs_no_command_its_resume_does_not_repeat() {
+    let moto = Moto::start();
+    let work = state_dir();
+    let d = work.path().display();
+    let apply = format!("printf %s \"$AWS_ACCESS_KEY_ID\" > {d}/applied");
+    let undo = format!("echo \"$REKEY_ACTION $REKEY_NEW_ACCESS_KEY_ID\" >> {d}/undone");
+    let evil = format!("touch {d}/pwned");
+    let target = format!("exec:{apply}");
+    let rotate_args = |user: &str| {
+        let mut a: Vec<String> =
+            ["rotate", "--user", user, "--target", &target, "--restart-cmd", &undo, "--journal-table", TABLE]
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+        a.extend(FAST.iter().map(|x| x.to_string()));
+        a
+    };
+
+    // A whole rotation first, to learn which record ends the command's run.
+    let s = seed(&moto).await;
+    create_journal_table(&moto, &s.admin).await;
+    let dir = state_dir();
+    rekey(&moto, &s.admin, dir.path(), &strs(&rotate_args(&s.app_user))).await.assert_code(0);
+    let applied = find_seq(&records(&moto, &s.admin).await, "apply");
+
+    // The rotation dies right after the command ran.
+    let s = seed(&moto).await;
+    create_journal_table(&moto, &s.admin).await;
+    let crashed = rekey_env(
+        &moto,
+        &s.admin,
+        dir.path(),
+        &strs(&rotate_args(&s.app_user)),
+        &[("REKEY_TEST_CRASH_AFTER", &applied.to_string())],
+    )
+    .await;
+    assert_eq!(crashed.code, -1, "aborted after the command ran\n{}", crashed.stderr);
+    let keys_after_crash = keys_of(&moto, &s.admin, &s.app_user).await;
+    assert_eq!(keys_after_crash.len(), 2);
+
+    // Another machine resumes from the table alone: the rollback command is not run on the
+    // journal's word.
+    let other = state_dir();
+    let bare = ["resume", "--user", &s.app_user, "--journal-table", TABLE];
+    let refused = rekey(&moto, &s.admin, other.path(), &bare).await;
+    refused.assert_code(2);
+    let line = refused.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.contains("not trusted to run commands"), "{line}");
+    assert!(line.contains(&format!("--target '{target}' --restart-cmd '{undo}'")), "{line}");
+    assert!(!work.path().join("undone").exists(), "nothing ran");
+    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, keys_after_crash, "nothing changed");
+
+    // Someone with write access to the table swaps the rollback command.
+    rewrite_records(&moto, &s.admin, &undo, &evil).await;
+    let mut resume: Vec<&str> = bare.to_vec();
+    resume.extend(["--target", &target, "--restart-cmd", &undo]);
+    resume.extend(FAST);
+    let refused = rekey(&moto, &s.admin, other.path(), &resume).await;
+    refused.assert_code(2);
+    assert!(refused.stderr.contains(&format!("the restart command `{evil}`, not `{undo}`")), "{}", refused.stderr);
+    assert!(!work.path().join("pwned").exists() && !work.path().join("undone").exists(), "nothing ran");
+
+    // Put back, and repeated on the command line, it runs.
+    rewrite_records(&moto, &s.admin, &evil, &undo).await;
+    let resumed = rekey(&moto, &s.admin, other.path(), &resume).await;
+    resumed.assert_code(3);
+    let undone = std::fs::read_to_string(work.path().join("undone")).unwrap();
+    assert!(undone.starts_with("rollback AKIA"), "{undone}");
+    assert_eq!(keys_of(&moto, &s.admin, &s.app_user).await, vec![(s.app_key.access_key_id.clone(), "Active".into())]);
+    assert!(!work.path().join("pwned").exists());
 }

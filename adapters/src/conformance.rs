@@ -93,6 +93,31 @@ pub async fn run(fixture: &dyn Fixture, new_key: &NewKey) {
         snapshots.push((case, snap));
     }
 
+    // crash while the snapshot is taken: only its stand-in was journaled, and whatever the snapshot
+    // made outside the process (a backup holding the old secret) must go with the rollback
+    {
+        let case = "crash while snapshotting";
+        let t = fixture.target();
+        if let Some(pending) = t.pending_snapshot() {
+            let json = journal(case, &pending);
+            take_snapshot(case, t.as_ref()).await;
+            drop(t);
+            let t = fixture.target();
+            let snap = unjournal(case, &json);
+            t.rollback(&snap).await.unwrap_or_else(|e| fail(case, &format!("rollback from the stand-in failed: {e}")));
+            t.finish(&snap).await.unwrap_or_else(|e| fail(case, &format!("finish from the stand-in failed: {e}")));
+            same(
+                case,
+                "rollback from the stand-in did not leave the target as it was",
+                &before,
+                &fixture.observe().await,
+                new_key,
+            );
+            let residue = fixture.residue().await;
+            check(case, residue.is_empty(), || format!("what the snapshot made is left behind: {residue:?}"));
+        }
+    }
+
     // crash after apply
     {
         let case = "crash after apply";

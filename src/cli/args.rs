@@ -25,6 +25,9 @@ pub struct Cli {
     /// More logging on stderr (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
+    /// Bound on one attempt of an AWS call; a whole call, retries included, gets four times this.
+    #[arg(long, global = true, value_name = "DURATION", env = "REKEY_AWS_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub(crate) aws_timeout: Duration,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -198,7 +201,7 @@ pub(crate) struct ContainArgs {
 #[derive(Args, Debug)]
 pub(crate) struct RotateArgs {
     /// The IAM user whose access key is rotated.
-    #[arg(long, required_unless_present = "own_key")]
+    #[arg(long, value_parser = parse_user_name, required_unless_present = "own_key")]
     pub(crate) user: Option<String>,
     /// Rotate the key rekey runs with (your own, from your credentials profile); without --target,
     /// the new key goes to the profile it was read from.
@@ -270,7 +273,7 @@ pub(crate) struct WaitArgs {
 #[derive(Args, Debug)]
 pub(crate) struct ResumeArgs {
     /// The user whose rotation was interrupted.
-    #[arg(long, required_unless_present = "own_key")]
+    #[arg(long, value_parser = parse_user_name, required_unless_present = "own_key")]
     pub(crate) user: Option<String>,
     /// The interrupted rotation is of rekey's own key (`rotate --self`): sign with whichever key
     /// the credentials file now holds.
@@ -279,6 +282,17 @@ pub(crate) struct ResumeArgs {
     /// Undo the rotation even if it could be finished.
     #[arg(long)]
     pub(crate) rollback: bool,
+    /// A target of the journaled rotation, repeated as given to `rotate` (repeatable). Needed with
+    /// --journal-table for every target that runs a command or writes a file on this machine
+    /// (exec:, env:, profile:, or one with a --restart-cmd): a shared journal is not trusted to.
+    #[arg(long = "target", value_name = "SPEC")]
+    pub(crate) targets: Vec<TargetSpec>,
+    /// The --restart-cmd of the --target before it, repeated as given to `rotate`.
+    #[arg(long = "restart-cmd", value_name = "CMD")]
+    pub(crate) restart_cmds: Vec<String>,
+    /// A probe URL with its password, as given to `rotate` (the journal keeps it without).
+    #[arg(long = "probe", value_name = "URL")]
+    pub(crate) probes: Vec<String>,
     #[command(flatten)]
     pub(crate) waits: WaitArgs,
     #[command(flatten)]
@@ -288,7 +302,7 @@ pub(crate) struct ResumeArgs {
 #[derive(Args, Debug)]
 pub(crate) struct StatusArgs {
     /// Only this user.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_user_name)]
     pub(crate) user: Option<String>,
     #[command(flatten)]
     pub(crate) journal: JournalArgs,
@@ -363,6 +377,18 @@ impl AthenaArgs {
             create_table: !self.athena_no_create_table,
         })
     }
+}
+
+/// An IAM user name (1 to 64 of letters, digits and `+=,.@_-`), checked before it names a journal
+/// file: `../x` or `a/b` would otherwise reach outside the state folder.
+pub(crate) fn parse_user_name(s: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c);
+    if s.is_empty() || s.len() > 64 || !s.chars().all(allowed) {
+        return Err(
+            "not an IAM user name: use 1 to 64 letters, digits and + = , . @ _ - (the user's name, not its ARN)".into(),
+        );
+    }
+    Ok(s.to_string())
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -451,6 +477,15 @@ mod tests {
         let missing: Vec<&str> =
             kinds.iter().map(|k: &TargetKind| k.as_str()).filter(|k| !help.contains(&format!("{k}:"))).collect();
         assert!(missing.is_empty(), "--target's help leaves out {missing:?}:\n{help}");
+    }
+
+    #[test]
+    fn a_user_name_that_could_name_another_path_is_a_usage_error() {
+        for bad in ["../etc", "a/b", "", "arn:aws:iam::1:user/x", &"x".repeat(65)] {
+            let e = Cli::command().try_get_matches_from(["rekey", "resume", "--user", bad]).expect_err(bad);
+            assert!(e.to_string().contains("not an IAM user name"), "{bad}: {e}");
+        }
+        assert!(Cli::command().try_get_matches_from(["rekey", "status", "--user", "app+ci=1,x.y@z_w-v"]).is_ok());
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn default_state_dir() -> Result<PathBuf, String> {
 }
 
 async fn load_sdk(cli: &Cli) -> Result<aws_types::SdkConfig, String> {
-    crate::aws::load_sdk(cli.profile.as_deref(), cli.region.as_deref()).await
+    crate::aws::load_sdk(cli.profile.as_deref(), cli.region.as_deref(), cli.aws_timeout).await
 }
 
 fn init_logging(verbose: u8) {
@@ -213,11 +213,23 @@ pub async fn main() -> Status {
         Command::Plan(args) => fleet(&cli, state_dir, &args.config, None, json).await,
         Command::Run(args) => fleet(&cli, state_dir, &args.config, Some(args), json).await,
         Command::Resume(args) => {
+            let sub = matches.subcommand_matches("resume").expect("resume matched");
+            let restart = match restart_cmds_by_target(sub, args.targets.len()) {
+                Ok(r) => r,
+                Err(e) => return refuse(json, args.user.as_deref().unwrap_or_default(), &e),
+            };
             let settings = Settings {
                 user: args.user.clone().unwrap_or_default(),
                 old_key: None,
-                targets: Vec::new(),
-                probes: Vec::new(),
+                // Not a new rotation: what the journal's targets and probes are checked against.
+                targets: args
+                    .targets
+                    .iter()
+                    .cloned()
+                    .zip(restart)
+                    .map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd })
+                    .collect(),
+                probes: args.probes.clone(),
                 verify: args.waits.verify(),
                 probe: args.waits.probe(),
                 grace: Duration::ZERO,

@@ -70,6 +70,9 @@ pub(super) fn print_report(r: &Report, json: bool) {
     }
     if let Some(e) = r.error.as_ref().filter(|_| r.outcome() != Outcome::Rotated) {
         eprintln!("rekey: {}: {e}", r.outcome);
+    } else if let Some(l) = r.left.first().filter(|_| r.outcome() == Outcome::Rotated) {
+        // The key is rotated, but a copy of a secret was left: the journal stays open for `resume`.
+        eprintln!("rekey: rotated, but {l}; run `rekey resume --user {}` to finish the cleanup", r.user);
     }
 }
 
@@ -91,6 +94,8 @@ pub(super) async fn status(journals: &Journals, user: Option<&str>, json: bool) 
                 "old_key_id": s.begin.old_key_id,
                 "new_key_id": s.new_key_id,
                 "last_step": s.last_step(),
+                // Set when the rotation ended and only its cleanup is left.
+                "ended": s.ended.map(|o| o.as_str()),
                 "targets": s.begin.targets.iter().map(|t| &t.spec).collect::<Vec<_>>(),
                 "journal": path,
                 "next": format!("rekey resume --user {}", s.begin.user),
@@ -103,6 +108,17 @@ pub(super) async fn status(journals: &Journals, user: Option<&str>, json: bool) 
         println!("no unfinished rotations in {journals}");
     } else {
         for r in &rows {
+            if let Some(outcome) = r["ended"].as_str() {
+                println!(
+                    "{}: rotation {} ended ({outcome}) but its cleanup did not finish (a backup may still hold a \
+                     secret); run `{}`",
+                    r["user"].as_str().unwrap_or_default(),
+                    r["rotation_id"].as_str().unwrap_or_default(),
+                    r["next"].as_str().unwrap_or_default(),
+                );
+                println!("  journal: {}", r["journal"].as_str().unwrap_or_default());
+                continue;
+            }
             println!(
                 "{}: unfinished rotation {} of {} (new key {}), stopped at \"{}\"; run `{}`",
                 r["user"].as_str().unwrap_or_default(),

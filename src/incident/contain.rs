@@ -296,7 +296,17 @@ impl Runner<'_> {
         let err = |source| ContainError::Log { path: self.log_path.to_path_buf(), source };
         let mut line = serde_json::to_string(&entry).map_err(|e| err(std::io::Error::other(e)))?;
         line.push('\n');
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path).map_err(err)?;
+        // 0600, and never through a symlink planted where the log goes.
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(self.log_path)
+                .map_err(err)?
+        };
         f.write_all(line.as_bytes()).map_err(err)?;
         // Undo trusts this file: it must be on disk before the next step runs.
         f.sync_data().map_err(err)

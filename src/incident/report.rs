@@ -24,10 +24,13 @@ use super::model::{Plan, Report, Severity, TimelineEvent, Undo};
 /// Timeline rows the markdown lists before pointing at `report.json` / `report.html` for the rest.
 const MD_TIMELINE_LIMIT: usize = 1000;
 
-/// Writes `report.md`, `report.json`, `plan.json` and `report.html` into `dir` (created if needed),
-/// each through a temporary file and a rename, and returns their paths in that order.
+/// Writes `report.md`, `report.json`, `plan.json` and `report.html` into `dir` (created 0700 if
+/// needed), each through a temporary file and a rename, and returns their paths in that order.
 pub fn write_reports(dir: &Path, report: &Report, plan: &Plan) -> io::Result<Vec<PathBuf>> {
-    fs::create_dir_all(dir)?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
     let plan_path = dir.join("plan.json");
     let files = [
         ("report.md", markdown(report, plan, &plan_path)),
@@ -39,11 +42,28 @@ pub fn write_reports(dir: &Path, report: &Report, plan: &Plan) -> io::Result<Vec
     for (name, text) in files {
         let path = dir.join(name);
         let tmp = dir.join(format!(".{name}.tmp"));
-        fs::write(&tmp, text)?;
+        write_private(&tmp, text.as_bytes())?;
+        // A rename replaces a link planted at `path`; it never writes through it.
         fs::rename(&tmp, &path)?;
         written.push(path);
     }
     Ok(written)
+}
+
+/// Creates `path` anew, 0600 (the report names the account's users, keys and addresses), and
+/// writes `bytes`. `create_new` never follows a symlink: a link planted at `path` (a stale temp
+/// name in a shared folder) makes this fail instead of writing where the link points.
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// The command that applies the containment plan written next to the report.

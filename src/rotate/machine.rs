@@ -19,7 +19,8 @@ use crate::rotate::iam::{Iam, IamError, KeyCheck, KeyStatus, Signer};
 use crate::rotate::journal::{
     Begin, Event, Journal, JournalError, Journals, Outcome, Phase, State, StepState, TargetRecord,
 };
-use crate::rotate::probe::Probe;
+use crate::rotate::probe::{Probe, redact_url};
+use crate::rotate::trust;
 use crate::rotate::wait::{Streak, until_streak};
 
 /// What the user asked for.
@@ -230,7 +231,8 @@ pub async fn rotate(
             .iter()
             .map(|t| TargetRecord { spec: t.spec.raw.clone(), restart_cmd: t.restart_cmd.clone() })
             .collect(),
-        probes: settings.probes.clone(),
+        // Without passwords: `resume` asks for them again (see `trust`).
+        probes: settings.probes.iter().map(|p| redact_url(p)).collect(),
         delete_old: settings.delete_old,
         grace_secs: settings.grace.as_secs(),
         ecs_timeout_secs: settings.ecs_timeout.as_secs(),
@@ -269,6 +271,8 @@ pub async fn resume(
     };
     let state = journal.state().clone();
     let begin = &state.begin;
+    let probe_urls = trust::resumed_probes(&fx.journals, journal.path(), begin, &settings.targets, &settings.probes)
+        .map_err(Refusal)?;
     let ecs_timeout = Duration::from_secs(begin.ecs_timeout_secs);
     let mut targets = Vec::new();
     for t in &begin.targets {
@@ -285,12 +289,17 @@ pub async fn resume(
         targets.push(fx.factory.target(&spec, &cx));
     }
     let mut probes = Vec::new();
-    for url in &begin.probes {
+    for url in &probe_urls {
         probes.push(fx.factory.probe(url).map_err(Refusal)?);
     }
     let changes = vec![Vec::new(); targets.len()];
     let mut run = Run { fx, journal, targets, probes, steps: Vec::new(), warnings: Vec::new(), changes };
     tracing::info!(user, last_step = %state.last_step(), "resuming the rotation journaled in {}", run.journal.path().display());
+
+    if let Some(outcome) = state.ended {
+        // It ended; only the cleanup (backups holding a secret) failed, and is tried again.
+        return Ok(run.retry_cleanup(outcome).await);
+    }
 
     if state.delete_old.started() || (state.deactivate == StepState::Done && !force_rollback) {
         // The old key is off or gone: only the end of the forward path is left.
@@ -580,6 +589,10 @@ impl Run<'_> {
 
     async fn snapshot(&mut self, i: usize) -> Result<(), Failure> {
         let name = self.targets[i].name().to_string();
+        // What the snapshot leaves outside (a published backup) is journaled before it exists.
+        if let Some(pending) = self.targets[i].pending_snapshot() {
+            self.record(Event::Snapshot { target: i, snapshot: pending }).await?;
+        }
         let snapshot = self.targets[i].snapshot().await.map_err(|e| Failure::new(format!("apply:{name}"), e))?;
         self.record(Event::Snapshot { target: i, snapshot }).await
     }
@@ -673,13 +686,7 @@ impl Run<'_> {
 
     /// The rotation went through: clean up what was kept for rollback and close the journal.
     async fn complete(mut self, error: Option<String>) -> Report {
-        for i in 0..self.targets.len() {
-            if let Some(snapshot) = self.state().snapshots[i].clone()
-                && let Err(e) = self.targets[i].finish(&snapshot).await
-            {
-                self.warnings.push(format!("cleanup of {}: {e}", self.targets[i].name()));
-            }
-        }
+        let left = self.clean_up().await;
         let old_status = if self.state().delete_old == StepState::Done {
             None
         } else if self.state().deactivate == StepState::Done {
@@ -688,7 +695,32 @@ impl Run<'_> {
             Some(KeyStatus::Active)
         };
         let statuses = vec!["updated"; self.targets.len()];
-        self.finish_journal(Outcome::Rotated, error, old_status, statuses, Vec::new()).await
+        self.finish_journal(Outcome::Rotated, error, old_status, statuses, left).await
+    }
+
+    /// Drops what every target kept for rollback; what could not be dropped, one line each.
+    async fn clean_up(&mut self) -> Vec<String> {
+        let mut left = Vec::new();
+        for i in 0..self.targets.len() {
+            if let Some(snapshot) = self.state().snapshots[i].clone()
+                && let Err(e) = self.targets[i].finish(&snapshot).await
+            {
+                left.push(format!("the cleanup of {} failed ({e})", self.targets[i].name()));
+            }
+        }
+        left
+    }
+
+    /// A rotation that ended, but whose cleanup failed: clean up and close the journal.
+    async fn retry_cleanup(mut self, outcome: Outcome) -> Report {
+        let left = self.clean_up().await;
+        let old_status = match self.fx.iam.list_keys(&self.user()).await {
+            Ok(keys) => keys.into_iter().find(|k| k.id == self.state().begin.old_key_id).map(|k| k.status),
+            Err(_) => None,
+        };
+        let status = if outcome == Outcome::Rotated { "updated" } else { "restored" };
+        let statuses = vec![status; self.targets.len()];
+        self.finish_journal(outcome, None, old_status, statuses, left).await
     }
 
     /// Undo everything the journal says was done. Targets first (stores, then deployers that
@@ -716,6 +748,7 @@ impl Run<'_> {
         let user = self.user();
         let n = self.targets.len();
         let mut statuses = vec!["unchanged"; n];
+        let mut cleanup = Vec::new();
         let order: Vec<usize> = (0..n)
             .rev()
             .filter(|&i| self.targets[i].role() == Role::Store)
@@ -732,7 +765,7 @@ impl Run<'_> {
                     statuses[i] = "restored";
                     self.step(name, "ok", t);
                     if let Err(e) = self.targets[i].finish(&snapshot).await {
-                        self.warnings.push(format!("cleanup of {}: {e}", self.targets[i].name()));
+                        cleanup.push(format!("the cleanup of {} failed ({e})", self.targets[i].name()));
                     }
                 }
                 Err(e) => {
@@ -797,7 +830,7 @@ impl Run<'_> {
             Some(KeyStatus::Active)
         };
         if left.is_empty() {
-            self.finish_journal(Outcome::RolledBack, Some(reason), old_status, statuses, left).await
+            self.finish_journal(Outcome::RolledBack, Some(reason), old_status, statuses, cleanup).await
         } else {
             left.push(format!("fix the above, then run `rekey resume --user {user}` to finish the rollback"));
             self.failed_report(reason, old_status, statuses, left)
@@ -830,15 +863,24 @@ impl Run<'_> {
         error: Option<String>,
         old_key_status: Option<KeyStatus>,
         statuses: Vec<&'static str>,
-        left: Vec<String>,
+        mut left: Vec<String>,
     ) -> Report {
-        if let Err(e) = self.record(Event::End { outcome }).await {
+        if self.state().ended.is_none()
+            && let Err(e) = self.record(Event::End { outcome }).await
+        {
             self.warnings.push(format!("could not close the journal: {}", e.error));
         }
         let state = self.journal.state().clone();
         let Run { journal, targets, steps, mut warnings, changes, .. } = self;
         let mut journal_path = journal.path().to_path_buf();
-        if state.ended.is_some() {
+        // `left` is cleanup that failed: a leftover copy of a secret. The journal stays open, so that
+        // `resume` tries again and no new rotation starts over it.
+        if !left.is_empty() {
+            left.push(format!(
+                "fix the above, then run `rekey resume --user {}` to finish the cleanup",
+                state.begin.user
+            ));
+        } else if state.ended.is_some() {
             match journal.archive().await {
                 Ok(p) => journal_path = p,
                 Err(e) => warnings.push(format!("could not archive the journal: {e}")),

@@ -4,6 +4,7 @@
 //! - [`journal`] makes it crash-safe (a local file or a shared DynamoDB table);
 //! - [`iam`], [`probe`], [`wait`] and [`clock`] are its side effects and pacing, each behind a
 //!   trait so that [`fakes`] can drive every step through its failures;
+//! - [`trust`] decides what `resume` may take from a journal it reads back;
 //! - the targets it writes the new key to live in the `rekey_adapters` crate.
 
 pub mod clock;
@@ -11,6 +12,7 @@ pub mod iam;
 pub mod journal;
 pub mod machine;
 pub mod probe;
+pub mod trust;
 pub mod wait;
 
 #[cfg(test)]

@@ -57,7 +57,14 @@ where
     let mut last_error = String::from("none");
     loop {
         attempts += 1;
-        match check().await {
+        // A check in flight ends at the deadline too: a hung call must not stretch the bound.
+        let left = clock.until(deadline);
+        let outcome = tokio::select! {
+            biased;
+            r = check() => r,
+            () = clock.sleep(left) => Err(format!("no answer before the deadline ({:?})", streak.timeout)),
+        };
+        match outcome {
             Ok(()) => {
                 in_a_row += 1;
                 backoff = new_backoff();
@@ -120,5 +127,16 @@ mod tests {
                 .unwrap_err();
         assert_eq!(err.last_error, "InvalidClientTokenId");
         assert!(clock.elapsed() >= Duration::from_secs(60) && clock.elapsed() < Duration::from_secs(66));
+    }
+
+    #[tokio::test]
+    async fn a_check_that_never_answers_ends_at_the_deadline() {
+        let clock = FakeClock::new();
+        let err = until_streak(&clock, &streak(3), &Progress::off(), "t", std::future::pending::<Result<(), String>>)
+            .await
+            .unwrap_err();
+        assert!(err.last_error.contains("no answer before the deadline"), "{}", err.last_error);
+        assert_eq!(err.attempts, 1);
+        assert_eq!(clock.elapsed(), Duration::from_secs(60));
     }
 }

@@ -14,12 +14,13 @@ use std::fmt::Debug;
 
 use async_trait::async_trait;
 use aws_sdk_ecs::Client;
-use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::types::{
     DeploymentControllerType, Service, SortOrder, TaskDefinition, TaskDefinitionField, TaskDefinitionStatus,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::error::SdkFailure;
 use crate::{ErrorKind, NewKey, Options, Preflight, Role, Snapshot, Target, TargetError, TargetSpec};
 
 pub mod rollout;
@@ -319,7 +320,7 @@ where
         Some("ServiceNotFoundException" | "ServiceNotActiveException") => ErrorKind::NotFound(format!(
             "service {service} not found or not active in cluster {cluster} in {region}; fix: check the name and the region"
         )),
-        _ => ErrorKind::Backend(format!("{op}: {}", DisplayErrorContext(&e))),
+        _ => SdkFailure::new(op, &e, &[]).common_kind(),
     };
     TargetError::new(name, kind)
 }
