@@ -120,6 +120,8 @@ struct FileResult {
     malformed: u64,
     /// With `follow`, on a first read: fingerprints of the key ids in the file, sorted.
     key_ids: Option<Box<[u32]>>,
+    /// Keys learnt from this file and already searched in it.
+    also: Vec<String>,
     problem: Option<Problem>,
     text: Option<Text>,
     found: Vec<Found>,
@@ -131,6 +133,8 @@ struct Scanned {
     malformed: u64,
     key_ids: Option<Box<[u32]>>,
     found: Vec<Found>,
+    /// Keys minted in the file by a key it was searched for, and searched in it at once.
+    also: Vec<String>,
 }
 
 static RECORD_MARK: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"eventID\""));
@@ -187,7 +191,7 @@ fn range_in(outer: &[u8], inner: &str) -> Option<Range<usize>> {
 /// Pre-filter the text, and parse only the records that may hold a wanted key or event name.
 fn scan_text(text: &[u8], wanted: &Wanted, follow: bool, first: bool, known: &Known) -> Result<Scanned, String> {
     let records = RECORD_MARK.find_iter(text).count() as u64;
-    let mut scanned = Scanned { records, malformed: 0, key_ids: None, found: Vec::new() };
+    let mut scanned = Scanned { records, malformed: 0, key_ids: None, found: Vec::new(), also: Vec::new() };
     let candidate = if follow && first {
         // The key fields are read anyway to note the file's key ids; checking them against the
         // wanted keys saves a search of the whole text. Event names still need one.
@@ -203,6 +207,7 @@ fn scan_text(text: &[u8], wanted: &Wanted, follow: bool, first: bool, known: &Kn
     }
     let mut malformed = 0;
     let mut found = Vec::new();
+    let mut minted: Vec<String> = Vec::new();
     let lines_malformed = Records::each(text, |raw| {
         if !wanted.searcher.is_match(raw.get().as_bytes()) {
             return;
@@ -215,15 +220,54 @@ fn scan_text(text: &[u8], wanted: &Wanted, follow: bool, first: bool, known: &Kn
         if !by_key && !rec.event_name.get().is_some_and(|n| wanted.name(n)) {
             return;
         }
-        match range_in(text, rec.raw()) {
-            Some(raw) => found.push(Found { raw, by_key }),
-            None => malformed += 1,
+        let Some(range) = range_in(text, rec.raw()) else {
+            malformed += 1;
+            return;
+        };
+        found.push(Found { raw: range, by_key });
+        if follow && by_key {
+            note_minted(&rec, known, &mut minted);
         }
     })
     .map_err(|e| e.to_string())?;
     scanned.malformed += malformed + lines_malformed;
+
+    // A key minted here is searched here at once: the file holds its id (in the minting
+    // response), so otherwise it would be read again for it.
+    let mut done = 0;
+    while done < minted.len() {
+        let fresh: Vec<String> = minted[done..].to_vec();
+        done = minted.len();
+        let searcher = Searcher::new(&fresh);
+        let seen: Vec<usize> = found.iter().map(|f| f.raw.start).collect();
+        Records::each(text, |raw| {
+            if !searcher.is_match(raw.get().as_bytes()) {
+                return;
+            }
+            let Ok(rec) = Record::parse(raw) else { return };
+            if !rec.access_key_id().is_some_and(|k| fresh.iter().any(|f| f == k)) {
+                return;
+            }
+            if let Some(range) = range_in(text, rec.raw()).filter(|r| !seen.contains(&r.start)) {
+                found.push(Found { raw: range, by_key: true });
+                note_minted(&rec, known, &mut minted);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    }
     scanned.found = found;
+    scanned.also = minted;
     Ok(scanned)
+}
+
+/// Add the key `rec` minted to `minted`, unless it is known already.
+fn note_minted(rec: &Record, known: &Known, minted: &mut Vec<String>) {
+    if let Some(m) = rec.minted()
+        && !known.keys.contains(&m.key)
+        && !minted.contains(&m.key)
+    {
+        minted.push(m.key);
+    }
 }
 
 /// Copy the matched records out of a reused buffer into one of their own, leased from `budget`.
@@ -272,6 +316,7 @@ fn read_file(ctx: &Ctx, unit: Unit, data: Result<(Vec<u8>, Lease), Problem>, inf
         records: 0,
         malformed: 0,
         key_ids: None,
+        also: Vec::new(),
         problem: None,
         text: None,
         found: Vec::new(),
@@ -299,7 +344,7 @@ fn read_file(ctx: &Ctx, unit: Unit, data: Result<(Vec<u8>, Lease), Problem>, inf
             match scan_text(text, &wanted, follow, first, &known) {
                 Ok(s) => {
                     (result.records, result.malformed, result.key_ids) = (s.records, s.malformed, s.key_ids);
-                    result.found = s.found;
+                    (result.found, result.also) = (s.found, s.also);
                 }
                 Err(e) => {
                     result.bytes_scanned = 0;
@@ -320,7 +365,7 @@ fn read_file(ctx: &Ctx, unit: Unit, data: Result<(Vec<u8>, Lease), Problem>, inf
         match scan_text(&raw, &wanted, follow, first, &known) {
             Ok(s) => {
                 (result.records, result.malformed, result.key_ids) = (s.records, s.malformed, s.key_ids);
-                result.found = s.found;
+                (result.found, result.also) = (s.found, s.also);
             }
             Err(e) => {
                 result.bytes_scanned = 0;
@@ -393,6 +438,8 @@ pub fn scan_with_progress(
     let mut parent: HashMap<String, String> = HashMap::new();
     let mut searched = vec![0usize; items.len()];
     let mut key_ids: Vec<Option<Box<[u32]>>> = vec![None; items.len()];
+    // Fingerprints of keys learnt from a file and searched in it already.
+    let mut searched_also: Vec<Vec<u32>> = vec![Vec::new(); items.len()];
     let mut unreadable = vec![false; items.len()];
     let mut progress = Progress {
         files_total: items.len() as u64,
@@ -420,6 +467,7 @@ pub fn scan_with_progress(
                 summary.rescanned += 1;
             }
             searched[result.index] = searched[result.index].max(result.searched);
+            searched_also[result.index].extend(result.also.iter().map(|k| fingerprint(k.as_bytes())));
             if let Some(problem) = &result.problem {
                 unreadable[result.index] = true;
                 let problem = match problem {
@@ -504,9 +552,9 @@ pub fn scan_with_progress(
         for i in 0..items.len() {
             let holds_new_key = !unreadable[i]
                 && searched[i] < n
-                && key_ids[i]
-                    .as_ref()
-                    .is_some_and(|ids| prints[searched[i]..].iter().any(|p| ids.binary_search(p).is_ok()));
+                && key_ids[i].as_ref().is_some_and(|ids| {
+                    prints[searched[i]..].iter().any(|p| ids.binary_search(p).is_ok() && !searched_also[i].contains(p))
+                });
             if holds_new_key {
                 units.push(Unit { index: i, from: Some(searched[i]) });
             } else {

@@ -277,6 +277,13 @@ fn a_chain_learnt_late_at_every_hop_is_followed_reading_again_only_files_that_ho
             assert!(derived_files.contains(file), "{what}: {file} read {n} times without holding a minted key");
             assert!(**n <= 1 + holds[*file].len(), "{what}: {file} read {n} times");
         }
+        // A file is searched for the keys minted in it while it is in memory: the file minting key
+        // 1 is never read again, the one minting key 2 only once (for key 1, learnt after it,
+        // unless a worker was slow enough to start it after).
+        let reads_of =
+            |file: usize| reads.iter().find(|(f, _)| f.ends_with(&format!("_f{file:03}.json.gz"))).map(|r| *r.1);
+        assert_eq!(reads_of(30), Some(1), "{what}");
+        assert!(matches!(reads_of(29), Some(1 | 2)), "{what}");
         assert!(
             summary.rescanned as usize <= chain_files,
             "{what}: {} re-reads, {chain_files} files hold chain keys",
