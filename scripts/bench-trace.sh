@@ -8,7 +8,7 @@
 # input (gzip bombs, files at the size limit). It fails if a planted match is missing or extra, if
 # a file without a minted key is read twice, or if the hostile scan reaches 200 MB.
 #   REKEY_BENCH_MB=1000   uncompressed MB of the trail
-#   REKEY_BENCH_RUNS=3    runs per figure (median; best for the floors)
+#   REKEY_BENCH_RUNS=3    rounds, each measuring every figure once; the best round of each is shown
 #   REKEY_BENCH_JQ=0      skip `zcat | jq`
 #   REKEY_BENCH_DIR=path  generate there and keep it (default: a temporary folder)
 set -euo pipefail
