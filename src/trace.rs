@@ -335,7 +335,7 @@ impl Live {
     }
 }
 
-/// `120/2,575 files, 140.2 MB read, 2,410 MB/s, 3 matches, 1 derived key, 2 re-read`
+/// `1,204/2,575 files, 140.20 MB read, 2,410 MB/s, 3 matches, 1 derived key, 2 re-read`
 fn progress_line(p: &Progress) -> String {
     let secs = p.elapsed.as_secs_f64();
     let rate = if secs > 0.0 { p.bytes_scanned as f64 / 1e6 / secs } else { 0.0 };

@@ -478,7 +478,9 @@ pub fn scan_with_progress(
                             mib(query.max_file_bytes)
                         )
                     }
-                    Problem::Unreadable(p) => p.clone(),
+                    Problem::Unreadable(p) if result.first => p.clone(),
+                    // Its first read counted; what may be missing are the late keys' records.
+                    Problem::Unreadable(p) => format!("{p} (when read again for keys learnt later)"),
                 };
                 summary.corrupt.push((name.clone(), problem));
             }
