@@ -4,10 +4,11 @@
 pub mod athena;
 pub mod sources;
 
-use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant, SystemTime};
 
-use rekey_trail::{DerivedKey, Match, Query, Source, Summary};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rekey_trail::{DerivedKey, Match, Progress, Query, Source, Summary};
 
 use crate::exit::Status;
 use crate::trace::sources::LogsSpec;
@@ -111,8 +112,12 @@ pub async fn run(settings: Settings, sdk: Option<aws_types::SdkConfig>) -> Statu
     // worker: run it on the blocking pool.
     let scanned = tokio::task::spawn_blocking(move || {
         let refs: Vec<&dyn Source> = sources.iter().map(|s| s.as_ref()).collect();
+        let mut live = Live::new();
         let mut out = Writer::new(format);
-        let result = rekey_trail::scan(&refs, &query, &mut |m| out.write_match(&m));
+        out.bar = live.bar.clone().filter(|_| std::io::stdout().is_terminal());
+        let result =
+            rekey_trail::scan_with_progress(&refs, &query, &mut |m| out.write_match(&m), &mut |p| live.update(p));
+        live.finish();
         match result {
             Ok(summary) => {
                 out.finish(&summary);
@@ -259,6 +264,87 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The live line of a long scan (files, bytes, speed, matches, derived keys, time left when the
+/// listing gave every size), redrawn on stderr when it is a terminal; nothing at all otherwise,
+/// so pipes and CI logs get only the summary.
+struct Live {
+    bar: Option<ProgressBar>,
+    last: Option<Instant>,
+}
+
+impl Live {
+    fn new() -> Live {
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8)));
+        Live { bar, last: None }
+    }
+
+    fn update(&mut self, p: &Progress) {
+        let Some(bar) = &self.bar else { return };
+        if self.last.is_none() {
+            // The first report says whether the sizes are known: a bar with the time left, or a spinner.
+            let template = match p.bytes_total {
+                Some(t) if t > 0 => "{spinner} [{bar:20}] {percent:>3}% {msg}, {eta} left",
+                _ => "{spinner} {msg}",
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                    .progress_chars("=> "),
+            );
+        } else if self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+            // Thousands of files a second: format the line at most ten times a second.
+            return;
+        }
+        self.last = Some(Instant::now());
+        if let Some(total) = p.bytes_total.filter(|&t| t > 0) {
+            bar.set_length(total);
+            bar.set_position(p.bytes_read.min(total));
+        }
+        bar.set_message(progress_line(p));
+        bar.tick();
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `1,204/2,575 files, 140.20 MB read, 2,410 MB/s, 3 matches, 1 derived key, 2 re-read`
+fn progress_line(p: &Progress) -> String {
+    let secs = p.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { p.bytes_scanned as f64 / 1e6 / secs } else { 0.0 };
+    let plural = |n: u64, one: &str, many: &str| format!("{} {}", thousands(n), if n == 1 { one } else { many });
+    let mut line = format!(
+        "{}/{} files, {} read, {} MB/s, {}, {}",
+        thousands(p.files_done),
+        thousands(p.files_total),
+        mb(p.bytes_read),
+        thousands(rate.round() as u64),
+        plural(p.matches, "match", "matches"),
+        plural(p.derived_keys, "derived key", "derived keys"),
+    );
+    if p.rereads > 0 {
+        line.push_str(&format!(", {} re-read", thousands(p.rereads)));
+    }
+    line
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Streams matches to stdout in the chosen format.
 struct Writer {
     format: Format,
@@ -266,6 +352,8 @@ struct Writer {
     /// Whether a match has been written (JSON needs commas between them; a table its header).
     started: bool,
     failed: Option<std::io::Error>,
+    /// The progress line, when stdout shares its terminal: hidden while a match is written.
+    bar: Option<ProgressBar>,
 }
 
 const COLUMNS: [(&str, usize); 7] = [
@@ -280,7 +368,7 @@ const COLUMNS: [(&str, usize); 7] = [
 
 impl Writer {
     fn new(format: Format) -> Self {
-        Writer { format, out: std::io::stdout(), started: false, failed: None }
+        Writer { format, out: std::io::stdout(), started: false, failed: None, bar: None }
     }
 
     fn write_match(&mut self, m: &Match) {
@@ -339,7 +427,12 @@ impl Writer {
             return;
         }
         let mut out = self.out.lock();
-        if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        let mut put = || out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        let written = match &self.bar {
+            Some(bar) => bar.suspend(put),
+            None => put(),
+        };
+        if let Err(e) = written {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 // The reader has gone (`| head`): it wants no more, and the engine cannot be
                 // stopped, so finishing would read the rest of the trail for nobody.
@@ -380,6 +473,7 @@ fn summary_json(s: &Summary) -> serde_json::Value {
         "files": s.files,
         "files_outside_window": s.files_outside_window,
         "files_skipped": s.corrupt.iter().map(|(file, problem)| serde_json::json!({"file": file, "problem": problem})).collect::<Vec<_>>(),
+        "files_too_large": s.too_large,
         "files_reread": s.rescanned,
         "bytes_read": s.bytes_read,
         "bytes_scanned": s.bytes_scanned,
@@ -412,10 +506,11 @@ fn print_summary(s: &Summary) {
     }
     text.push_str(&format!("rekey trace: {} matches\n", s.matches));
     text.push_str(&format!(
-        "  files          {} read ({}), {} skipped (corrupt), {} outside the window, {} re-read\n",
+        "  files          {} read ({}), {} skipped (corrupt), {} skipped (too large), {} outside the window, {} re-read\n",
         s.files,
         mb(s.bytes_read),
-        s.corrupt.len(),
+        (s.corrupt.len() as u64).saturating_sub(s.too_large),
+        s.too_large,
         s.files_outside_window,
         s.rescanned
     ));
@@ -463,6 +558,30 @@ mod tests {
             let e = parse_when(bad).unwrap_err();
             assert!(e.contains("30d") && !e.contains('\n'), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_progress_line_counts_what_matters() {
+        let mut p = Progress {
+            files_done: 1204,
+            files_total: 2575,
+            bytes_read: 140_200_000,
+            bytes_total: Some(300_000_000),
+            bytes_scanned: 2_410_000_000,
+            matches: 1,
+            derived_keys: 1,
+            rereads: 0,
+            elapsed: Duration::from_secs(1),
+        };
+        assert_eq!(progress_line(&p), "1,204/2,575 files, 140.20 MB read, 2,410 MB/s, 1 match, 1 derived key");
+        (p.matches, p.derived_keys, p.rereads, p.elapsed) = (3, 0, 12, Duration::ZERO);
+        assert_eq!(
+            progress_line(&p),
+            "1,204/2,575 files, 140.20 MB read, 0 MB/s, 3 matches, 0 derived keys, 12 re-read"
+        );
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000_000), "1,000,000");
     }
 
     #[test]

@@ -2,37 +2,45 @@
 //! key it minted (AssumeRole, GetSessionToken, GetFederationToken credentials; CreateAccessKey), to
 //! a fixpoint.
 //!
-//! Why it is fast (figures in the README, measured by `cargo bench -p rekey-trail`):
-//! - decompression dominates, so it uses zlib-rs and spreads files over every core;
+//! Why it is fast (figures in the README, measured by `scripts/bench-trace.sh`):
+//! - decompression dominates, so CloudTrail's single-member gzip files are inflated whole by
+//!   libdeflate (anything else streams through zlib-rs), and files are spread over every core;
 //! - a file is parsed only if the bytes of a wanted key id occur in it (key ids are `[A-Z0-9]`, so a
 //!   byte search cannot miss one), and inside such a file only the records that contain one;
 //! - matching records are parsed into typed, borrowed structs, never into `serde_json::Value`.
 //!
-//! Memory is bounded by the number of files in flight, not by the size of the trail: files are
-//! fetched into a bounded channel and dropped once scanned; matches are handed to the caller as they
-//! are found.
+//! Memory is bounded by budgets, not by the size of the trail or of its files: fetched files,
+//! large decompression buffers and copied matches each have one, a file over
+//! [`Query::max_file_bytes`] (a gzip bomb) is skipped and reported, and matches are handed to the
+//! caller as they are found. What grows with the trail is its listing and, with `follow`, a few
+//! bytes per key id per file.
 //!
 //! Following keys in one pass: files are scanned in delivery order, so a key is usually learnt before
-//! the files holding its records are read. A record signed by a key can only be in a file delivered
-//! after the key was minted, so when a key is learnt late, only files delivered since its minting
-//! (less a margin) that were scanned without it are read again.
+//! the files holding its records are read. For the others, the first read notes the key ids each
+//! file holds; a key learnt late sends back only the files that hold it.
 
 use std::time::{Duration, SystemTime};
 
 pub mod athena;
+mod budget;
 pub mod classify;
+mod inflate;
 pub mod record;
 mod scan;
 pub mod source;
 pub mod time;
 
 pub use record::{Record, RecordError, Records};
-pub use scan::scan;
+pub use scan::{scan, scan_with_progress};
 pub use source::{Item, LocalSource, Source, SourceError};
 
 /// CloudTrail delivers a record within about 15 minutes of the call; files are named by delivery
 /// time. Time windows are widened by this much so that late files are still read.
 pub const DELIVERY_MARGIN: Duration = Duration::from_secs(3600);
+
+/// The default of [`Query::max_file_bytes`]: many times the few MB of a CloudTrail file, and small
+/// enough that a scan stays within about 200 MB whatever the files hold.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// What to look for.
 #[derive(Debug, Clone)]
@@ -48,6 +56,9 @@ pub struct Query {
     pub until: Option<SystemTime>,
     /// Threads that decompress and scan (default: the number of cores).
     pub workers: usize,
+    /// A file larger than this, stored or decompressed, is skipped and reported instead of read:
+    /// a gzip bomb or a file of several GB must not exhaust memory.
+    pub max_file_bytes: u64,
 }
 
 impl Query {
@@ -59,6 +70,7 @@ impl Query {
             since: None,
             until: None,
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
@@ -106,12 +118,15 @@ pub struct Summary {
     /// Records in the files read (counted by their `eventID`, without parsing).
     pub records: u64,
     pub matches: u64,
-    /// Files that could not be read or decoded, with the reason; the scan goes on without them.
+    /// Files that could not be read or decoded, or were over the size limit, with the reason; the
+    /// scan goes on without them.
     pub corrupt: Vec<(String, String)>,
+    /// How many of `corrupt` were skipped for being over [`Query::max_file_bytes`].
+    pub too_large: u64,
     /// Records in matching files that could not be parsed.
     pub malformed_records: u64,
     pub derived: Vec<DerivedKey>,
-    /// Files read a second time because a key was learnt after they were scanned.
+    /// Re-reads: a file is read again when it holds a key learnt after it was scanned.
     pub rescanned: u64,
     pub elapsed: Duration,
 }
@@ -122,6 +137,24 @@ impl Summary {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         self.bytes_scanned as f64 / 1e6 / secs
     }
+}
+
+/// How far a scan has got, for a progress display; given after every file read.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Reads done and to do, re-reads included (the total grows when a re-read is scheduled).
+    pub files_done: u64,
+    pub files_total: u64,
+    /// Stored (compressed) bytes read, and to read when every listed size is known: what an
+    /// estimate of the time left can be based on.
+    pub bytes_read: u64,
+    pub bytes_total: Option<u64>,
+    /// Uncompressed JSON scanned.
+    pub bytes_scanned: u64,
+    pub matches: u64,
+    pub derived_keys: u64,
+    pub rereads: u64,
+    pub elapsed: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -268,40 +268,103 @@ pub struct Records<'a> {
     pub malformed: u64,
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(rename = "Records", default, borrow)]
-    records: Option<Vec<&'a RawValue>>,
+/// Calls a function on each element of a JSON array, keeping none of them.
+struct EachSeed<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(&'de RawValue)> de::DeserializeSeed<'de> for EachSeed<'_, F> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(&'de RawValue)> Visitor<'de> for EachSeed<'_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of records")
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            (self.0)(raw);
+        }
+        Ok(())
+    }
+}
+
+/// `{"Records":[…], …}`: calls the function on each record; says whether there was a `Records`.
+struct EnvelopeVisitor<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(&'de RawValue)> Visitor<'de> for EnvelopeVisitor<'_, F> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut records = false;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "Records" {
+                map.next_value_seed(EachSeed(&mut *self.0))?;
+                records = true;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(records)
+    }
 }
 
 impl<'a> Records<'a> {
     /// Split a file into records: `{"Records":[…]}`, a bare array, NDJSON, or a single record.
     pub fn split(data: &'a [u8]) -> Result<Records<'a>, RecordError> {
+        let mut records = Vec::new();
+        let malformed = Self::each(data, |r| records.push(r))?;
+        Ok(Records { records, malformed })
+    }
+
+    /// Call `f` on each record of a file, whatever its shape, without keeping them all: a file
+    /// of tiny records would otherwise cost many times its size. Returns how many NDJSON lines
+    /// were not JSON. On an error, `f` may already have been called on the records before it.
+    pub fn each(data: &'a [u8], mut f: impl FnMut(&'a RawValue)) -> Result<u64, RecordError> {
         let text = std::str::from_utf8(data).map_err(|e| RecordError::NotJson(format!("not UTF-8 ({e})")))?;
         let text = text.trim_start_matches('\u{feff}').trim_start();
         match text.as_bytes().first() {
-            None => Ok(Records { records: Vec::new(), malformed: 0 }),
-            Some(b'[') => serde_json::from_str::<Vec<&RawValue>>(text)
-                .map(|records| Records { records, malformed: 0 })
-                .map_err(|e| RecordError::NotJson(e.to_string())),
-            Some(b'{') => match serde_json::from_str::<Envelope>(text) {
-                Ok(Envelope { records: Some(records) }) => Ok(Records { records, malformed: 0 }),
-                // One object that is not an envelope, or several on separate lines.
-                _ => Ok(Self::lines(text)),
-            },
+            None => Ok(0),
+            Some(b'[') => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                de::DeserializeSeed::deserialize(EachSeed(&mut f), &mut de)
+                    .and_then(|()| de.end())
+                    .map_err(|e| RecordError::NotJson(e.to_string()))?;
+                Ok(0)
+            }
+            Some(b'{') => {
+                let mut seen = 0usize;
+                let mut counting = |r| {
+                    seen += 1;
+                    f(r)
+                };
+                let mut de = serde_json::Deserializer::from_str(text);
+                let envelope = de.deserialize_map(EnvelopeVisitor(&mut counting)).and_then(|r| de.end().map(|()| r));
+                match envelope {
+                    Ok(true) => Ok(0),
+                    // Records were handed out before the envelope turned out broken.
+                    Err(e) if seen > 0 => Err(RecordError::NotJson(e.to_string())),
+                    // One object that is not an envelope, or several on separate lines.
+                    _ => Ok(Self::lines(text, &mut f)),
+                }
+            }
             Some(_) => Err(RecordError::Shape("does not start with '{' or '['".into())),
         }
     }
 
-    fn lines(text: &'a str) -> Records<'a> {
-        let mut out = Records { records: Vec::new(), malformed: 0 };
+    fn lines(text: &'a str, f: &mut impl FnMut(&'a RawValue)) -> u64 {
+        let mut malformed = 0;
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
             match serde_json::from_str::<&RawValue>(line) {
-                Ok(raw) => out.records.push(raw),
-                Err(_) => out.malformed += 1,
+                Ok(raw) => f(raw),
+                Err(_) => malformed += 1,
             }
         }
-        out
+        malformed
     }
 }
 
@@ -358,6 +421,18 @@ mod tests {
         let failed = r#"{"eventName":"AssumeRole","errorCode":"AccessDenied","responseElements":null}"#;
         let raw: &RawValue = serde_json::from_str(failed).unwrap();
         assert_eq!(Record::parse(raw).unwrap().minted(), None);
+    }
+
+    #[test]
+    fn an_envelope_broken_after_its_records_is_an_error() {
+        let rec = r#"{"eventName":"ListUsers"}"#;
+        assert!(Records::split(format!(r#"{{"Records":[{rec},{rec}]}} trailing"#).as_bytes()).is_err());
+        assert!(Records::split(format!(r#"{{"Records":[{rec},{rec}"#).as_bytes()).is_err());
+        // An object whose Records is not an array is one record, as is any other object.
+        let r = Records::split(br#"{"Records":null,"eventName":"x"}"#).unwrap();
+        assert_eq!(r.records.len(), 1);
+        let r = Records::split(br#"{"Records":[],"eventName":"x"}"#).unwrap();
+        assert_eq!(r.records.len(), 0);
     }
 
     #[test]
