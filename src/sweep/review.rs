@@ -178,8 +178,8 @@ pub fn answer(s: &Sweep) -> Review {
     }
     items.push(ReviewItem {
         check: "Other IAM users, roles and policies; MFA on human users and root".into(),
-        answer: "not part of the sweep: `rekey investigate` hunts the IAM backdoors the key left, and `rekey audit` \
-                 lists every user's keys and the humans without MFA"
+        answer: "not read by the sweep: the IAM backdoors the key left are the hunt's findings (`rekey \
+                 investigate`), and `rekey audit` lists every user's keys and the humans without MFA"
             .into(),
         status: "not_checked".into(),
         findings: Vec::new(),
@@ -239,4 +239,87 @@ impl Review {
 
 fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::incident::model::{BlindSpot, Severity};
+    use crate::sweep::{RegionReport, finding};
+
+    fn region(name: &str, status: &str, seen: &[(&str, u64)]) -> RegionReport {
+        RegionReport {
+            region: name.into(),
+            status: status.into(),
+            requests: 13,
+            elapsed_ms: 1,
+            seen: seen.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            compute_before: 0,
+            compute_in_window: 0,
+        }
+    }
+
+    fn sweep(regions: Vec<RegionReport>, kinds: &[&str], blind: &[&str]) -> Sweep {
+        Sweep {
+            account: None,
+            window_start: String::new(),
+            window_end: String::new(),
+            deadline_s: 60,
+            elapsed_ms: 1500,
+            requests: 30,
+            regions,
+            regions_in_use: vec!["us-east-1".into()],
+            findings: kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let mut f = finding(k, Severity::High, "us-east-1", "x", String::new(), String::new(), "");
+                    f.id = format!("S{}", i + 1);
+                    f
+                })
+                .collect(),
+            plan: Vec::new(),
+            blind_spots: blind
+                .iter()
+                .map(|d| BlindSpot { kind: "sweep_incomplete".into(), detail: d.to_string(), evidence: Vec::new() })
+                .collect(),
+            review: Review::default(),
+        }
+    }
+
+    fn status<'a>(r: &'a Review, check: &str) -> (&'a str, &'a [String]) {
+        let i = r.items.iter().find(|i| i.check.starts_with(check)).unwrap();
+        (i.status.as_str(), i.findings.as_slice())
+    }
+
+    #[test]
+    fn each_check_is_clear_has_findings_or_is_incomplete() {
+        let s = sweep(
+            vec![region("us-east-1", "ok", &[("security groups", 4)]), region("eu-west-1", "ok", &[])],
+            &["open_security_group"],
+            &["Lambda functions in eu-west-1 not checked: lambda:ListFunctions: AccessDenied: no"],
+        );
+        let mut r = answer(&s);
+        assert_eq!(r.regions, 2);
+        assert_eq!(status(&r, "Security group rules"), ("findings", &["S1".to_string()][..]));
+        assert!(r.items.iter().any(|i| i.answer.starts_with("4 security group(s) read; 1 rule(s)")));
+        assert_eq!(status(&r, "Lambda").0, "incomplete");
+        assert_eq!(status(&r, "VPC peering").0, "clear");
+        r.renumber(&BTreeMap::from([("S1".to_string(), "F7".to_string())]));
+        assert_eq!(status(&r, "Security group rules").1, &["F7".to_string()][..]);
+        let md = r.markdown();
+        assert!(md.starts_with("## Review for unexpected usage"), "{md}");
+        assert!(md.contains("| Security group rules | **findings** |") && md.contains("| F7 |"), "{md}");
+    }
+
+    #[test]
+    fn an_unreadable_region_leaves_no_check_clear() {
+        let s = sweep(vec![region("us-east-1", "ok", &[]), region("eu-north-1", "unreadable", &[])], &[], &[]);
+        let r = answer(&s);
+        assert_eq!(r.regions_unreadable, vec!["eu-north-1".to_string()]);
+        assert!(r.items.iter().all(|i| i.status != "clear"), "{:#?}", r.items);
+        assert!(r.markdown().contains("not readable: eu-north-1"));
+    }
 }

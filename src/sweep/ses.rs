@@ -82,3 +82,34 @@ pub(super) fn judge(
     });
     Some(Item { finding: f, actions: Vec::new() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(name: &str) -> Identity {
+        Identity {
+            name: name.into(),
+            kind: Some("EMAIL_ADDRESS".into()),
+            sending_enabled: true,
+            verification_status: None,
+        }
+    }
+
+    #[test]
+    fn an_identity_is_a_finding_in_an_unused_region_or_when_the_key_made_it() {
+        let used: BTreeSet<String> = ["us-east-1".to_string()].into();
+        assert!(judge("us-east-1", identity("noreply@acme.example"), &used, None, &[]).is_none());
+        let f =
+            judge("eu-central-1", identity("promo@spam.example"), &used, Some("123456789012"), &[]).unwrap().finding;
+        assert_eq!(f.arn, "arn:aws:ses:eu-central-1:123456789012:identity/promo@spam.example");
+        assert!(f.title.contains("does not otherwise use"));
+        let made = TimelineEvent {
+            event_id: "e1".into(),
+            request_parameters: Some(serde_json::json!({"emailAddress": "ops@acme.example"})),
+            ..TimelineEvent::default()
+        };
+        let f = judge("us-east-1", identity("ops@acme.example"), &used, None, &[made]).unwrap().finding;
+        assert!(f.title.contains("made with the key"), "{}", f.title);
+    }
+}
