@@ -6,7 +6,9 @@
 //!   targets in `rekey_adapters`, the probe, the clock) are traits that tests drive through faults;
 //! - [`fleet`]: `plan`/`run`/`audit` over the rotations of a `rekey.toml`;
 //! - [`trace`]: `rekey trace`, a key's CloudTrail records (the engine is the `rekey_trail` crate);
-//! - [`incident`]: `identify → fence → cut over → investigate → report` for a leaked key.
+//! - [`incident`]: `identify → fence → cut over → investigate → report` for a leaked key;
+//! - [`sweep`]: `rekey sweep`, a live read of every Region for what an attacker leaves outside IAM
+//!   (also run by `investigate` and `incident`).
 //!
 //! Around them: [`cli`] parses and prints, [`aws`] loads the SDK and renders its errors as one line,
 //! [`exit`] says how a command ended, [`progress`] is the shared progress display.
@@ -18,4 +20,5 @@ pub mod fleet;
 pub mod incident;
 pub mod progress;
 pub mod rotate;
+pub mod sweep;
 pub mod trace;

@@ -407,6 +407,176 @@ _ac.IAMPolicyStatement._check_conditions = _check_conditions
 _ac.IAMPolicyStatement.is_action_permitted = _statement_is_action_permitted
 
 
+# ---- rekey sweep (src/sweep/, tests/sweep.rs): patches 6-9 ------------------------------------
+# 6. DescribeRegions lists every Region of every partition as enabled, gov and China included, and
+#    calls af-south-1, ap-southeast-3 and eu-south-1 (opt-in Regions in AWS) enabled. AWS lists
+#    only the caller's partition, and without AllRegions only the enabled Regions: in an account
+#    that opted into nothing, the 17 launched before March 2019. A sweep of "every enabled Region"
+#    must see that list, not 38.
+import collections
+import io
+import json
+import threading
+import time
+
+from moto.ec2.models.availability_zones_and_regions import Region as _Ec2Region
+from moto.ec2.responses import availability_zones_and_regions as _azr
+
+_AWS_DEFAULT_REGIONS = {
+    "us-east-1", "us-east-2", "us-west-1", "us-west-2", "ap-south-1", "ap-northeast-1",
+    "ap-northeast-2", "ap-northeast-3", "ap-southeast-1", "ap-southeast-2", "ca-central-1",
+    "eu-central-1", "eu-west-1", "eu-west-2", "eu-west-3", "eu-north-1", "sa-east-1",
+}
+
+
+def _partition_of(region):
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def _describe_regions(self):
+    from moto.core.responses import ActionResult
+
+    self.error_on_dryrun()
+    names = self._get_param("RegionNames", [])
+    all_regions = str(self._get_param("AllRegions", "false")).lower() == "true"
+    partition = _partition_of(self.region)
+    regions = []
+    for r in self.ec2_backend.describe_regions(names):
+        if _partition_of(r.name) != partition:
+            continue
+        enabled = partition != "aws" or r.name in _AWS_DEFAULT_REGIONS
+        if not (enabled or all_regions or names):
+            continue
+        status = "opt-in-not-required" if enabled else "not-opted-in"
+        regions.append(_Ec2Region(r.name, r.endpoint, status))
+    return ActionResult({"Regions": regions})
+
+
+_azr.AvailabilityZonesAndRegions.describe_regions = _describe_regions
+
+
+# 7. Spot requests report CreateTime 2015-01-01 whenever they were made; AWS reports when. A sweep
+#    that finds spot requests made in the window by their creation time would never see one.
+from moto.ec2.models import spot_requests as _spot
+
+_orig_spot_init = _spot.SpotInstanceRequest.__init__
+
+
+def _spot_init(self, *args, **kwargs):
+    self._rekey_created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    _orig_spot_init(self, *args, **kwargs)
+
+
+_spot.SpotInstanceRequest.__init__ = _spot_init
+_spot.SpotInstanceRequest.create_time = property(lambda self: self._rekey_created)
+
+
+# 7b. SES v2 ListEmailIdentities: AWS serves it at GET /v2/email/identities, the path the AWS SDK
+#     for Rust (and every SDK before botocore 1.43.105) calls; moto follows the newer botocore
+#     model only (POST /v2/email/list-identities) and answers the GET with 404.
+from moto.sesv2.responses import SESV2Response as _Sesv2Response
+
+_orig_sesv2_action = _Sesv2Response._get_action
+
+
+def _sesv2_action(self):
+    if self.method == "GET" and self.path.rstrip("/") == "/v2/email/identities":
+        self.uri_match = {}
+        return "ListEmailIdentities"
+    return _orig_sesv2_action(self)
+
+
+_Sesv2Response._get_action = _sesv2_action
+
+
+# 8. Test instrumentation, not fidelity: the emulator counts the signed requests it serves, by the
+#    Region and service of their SigV4 scope (GET /moto-api/rekey/requests; POST clears), so a
+#    test can hold the sweep's own request count against what the server saw; and it can answer a
+#    Region slowly (POST /moto-api/rekey/region-delay?region=R&seconds=S; 0 removes), as a
+#    throttled or distant Region does, so a test can show the per-Region deadline holds.
+from moto.moto_api._internal import urls as _api_urls
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication as _Dispatcher
+
+_REQUESTS = collections.Counter()
+_REGION_DELAY = {}
+_INSTRUMENT_LOCK = threading.Lock()
+_SCOPE = re.compile(r"Credential=[^/,]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
+_orig_dispatch_call = _Dispatcher.__call__
+# The bytes of a form-encoded body as sent (patch 9), for the signature check of this request.
+_RAW_FORM_BODY = contextvars.ContextVar("rekey_raw_form_body", default=None)
+
+
+def _dispatch_call(self, environ, start_response):
+    scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    if scope and not environ.get("PATH_INFO", "").startswith("/moto-api"):
+        region, service = scope.group(1), scope.group(2)
+        with _INSTRUMENT_LOCK:
+            _REQUESTS[(region, service)] += 1
+            delay = _REGION_DELAY.get(region, 0)
+        if delay:
+            time.sleep(delay)
+    raw = None
+    if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(raw)
+    token = _RAW_FORM_BODY.set(raw)
+    try:
+        return _orig_dispatch_call(self, environ, start_response)
+    finally:
+        _RAW_FORM_BODY.reset(token)
+
+
+_Dispatcher.__call__ = _dispatch_call
+
+
+def _rekey_requests(request, full_url, headers):
+    with _INSTRUMENT_LOCK:
+        if request.method == "POST":
+            _REQUESTS.clear()
+        body = [{"region": r, "service": s, "count": n} for (r, s), n in sorted(_REQUESTS.items())]
+    return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+
+def _rekey_region_delay(request, full_url, headers):
+    from urllib.parse import parse_qs, urlparse
+
+    query = parse_qs(urlparse(full_url).query)
+    region, seconds = query["region"][0], query["seconds"][0]
+    with _INSTRUMENT_LOCK:
+        if float(seconds) > 0:
+            _REGION_DELAY[region] = float(seconds)
+        else:
+            _REGION_DELAY.pop(region, None)
+    return 200, {}, "{}"
+
+
+_api_urls.url_paths["{0}/moto-api/rekey/requests"] = _rekey_requests
+_api_urls.url_paths["{0}/moto-api/rekey/region-delay"] = _rekey_region_delay
+
+
+# 9. moto checks the signature of a form-encoded request (EC2, IAM, STS) against its own re-encoding
+#    of the parsed form, which matches only clients that percent-encode exactly as botocore does;
+#    AWS checks the bytes sent. The AWS SDK for Rust leaves `(` and `)` as they are, so a signed
+#    CreateSnapshot whose description has them failed with AuthFailure. Sign-check the raw bytes.
+_orig_create_aws_request_for_sig = _ac.IAMRequestBase._create_aws_request
+
+
+def _create_aws_request_raw_form(self):
+    request = _orig_create_aws_request_for_sig(self)
+    raw = _RAW_FORM_BODY.get()
+    if raw is not None and not self._body:
+        request.data = raw
+    return request
+
+
+_ac.IAMRequestBase._create_aws_request = _create_aws_request_raw_form
+# ---- end of rekey sweep patches ---------------------------------------------------------------
+
+
 if __name__ == "__main__":
     print(f"{_PATCHED} (moto {moto.__version__})", flush=True)
     moto.server.main(sys.argv[1:])

@@ -319,6 +319,7 @@ fn scenario() -> (Report, Plan) {
             "Rotate the secret prod/db: it was read".into(),
             "Get read access to s3://org-trail-logs and rerun for all regions".into(),
         ],
+        review: None,
     };
     let plan = Plan {
         incident: "incident-20240515-AKIA1234567890ABCDEF".into(),

@@ -70,6 +70,10 @@ pub(crate) enum Command {
     Completions(CompletionsArgs),
     /// Print the man page, or write one page per command into a folder.
     Man(ManArgs),
+    /// Read-only live sweep of every enabled Region for what a leaked key leaves outside IAM:
+    /// instances, open security groups, peerings, shared data, Lambda, SES. Exits 5 when it finds
+    /// anything or cannot read everything.
+    Sweep(SweepArgs),
 }
 
 #[derive(Args, Debug)]
@@ -91,6 +95,38 @@ pub(crate) struct ManArgs {
     /// instead of printing rekey.1.
     #[arg(long, value_name = "DIR")]
     pub(crate) out_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SweepArgs {
+    /// Start of the window: what was created since is a finding (a duration back from now, or an RFC 3339 time).
+    #[arg(long, value_name = "WHEN", value_parser = crate::trace::parse_when, default_value = "30d")]
+    pub(crate) since: std::time::SystemTime,
+    /// End of the window (default: now); things made after it still count.
+    #[arg(long, value_name = "WHEN", value_parser = crate::trace::parse_when)]
+    pub(crate) until: Option<std::time::SystemTime>,
+    /// Sweep this Region only (repeatable; default: every Region enabled in the account).
+    #[arg(long = "sweep-region", value_name = "REGION", value_parser = parse_region)]
+    pub(crate) regions: Vec<String>,
+    /// Every Region must be read within this time from the start; what is not is a blind spot.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub(crate) deadline: Duration,
+    /// Resource families read at once, over all Regions.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) concurrency: u32,
+    /// Write the containment plan for `rekey contain` to this file (the sweep itself changes nothing).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) plan: Option<PathBuf>,
+}
+
+/// `eu-west-1`, `us-gov-west-1`: letters, dashes, a number.
+pub(crate) fn parse_region(s: &str) -> Result<String, String> {
+    let parts: Vec<&str> = s.split('-').collect();
+    let ok = parts.len() >= 3
+        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty();
+    if ok { Ok(s.to_string()) } else { Err(format!("{s:?} is not a Region name (write e.g. eu-west-1)")) }
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +188,12 @@ pub(crate) struct InvestigateArgs {
     /// Do not look for the account's trails and their log files.
     #[arg(long)]
     pub(crate) no_trails: bool,
+    /// Do not sweep every Region live for what the key left outside IAM (see `rekey sweep`).
+    #[arg(long)]
+    pub(crate) no_sweep: bool,
+    /// Bound on the live sweep: every Region must be read within this time.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub(crate) sweep_deadline: Duration,
     #[command(flatten)]
     pub(crate) athena: AthenaArgs,
 }

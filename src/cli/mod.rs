@@ -210,6 +210,7 @@ pub async fn main() -> Status {
         Command::Completions(_) | Command::Man(_) => unreachable!("answered before the state folder is needed"),
         Command::Contain(args) => contain(&cli, args, json).await,
         Command::Audit(args) => audit(&cli, args, json).await,
+        Command::Sweep(args) => sweep(&cli, args, json).await,
         Command::Plan(args) => fleet(&cli, state_dir, &args.config, None, json).await,
         Command::Run(args) => fleet(&cli, state_dir, &args.config, Some(args), json).await,
         Command::Resume(args) => {
@@ -305,6 +306,11 @@ async fn incident(
         fence,
         cutover,
         athena,
+        sweep: (!args.no_sweep).then(|| {
+            let mut o = crate::sweep::Options::new(args.since, end);
+            o.deadline = args.sweep_deadline;
+            o
+        }),
     };
     match run(&sdk, settings, Some(&fx), &open_s3, interrupted()).await {
         Err(e) => refuse(json, "", &e.0),
@@ -371,8 +377,69 @@ async fn audit(cli: &Cli, args: &AuditArgs, json: bool) -> Status {
     }
 }
 
+/// `rekey sweep`: read-only; the plan, when asked for, is a local file for `rekey contain`.
+async fn sweep(cli: &Cli, args: &SweepArgs, json: bool) -> Status {
+    let until = args.until.unwrap_or_else(std::time::SystemTime::now);
+    if args.since >= until {
+        return refuse(json, "", "--since is not before --until; give an earlier --since (e.g. 30d)");
+    }
+    if args.deadline.is_zero() {
+        return refuse(json, "", "--deadline 0s leaves no time to read anything; give e.g. 60s");
+    }
+    if let Some(dir) = args.plan.as_deref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return refuse(
+            json,
+            "",
+            &format!("--plan: folder {} does not exist; create it or pick another path", dir.display()),
+        );
+    }
+    let sdk = match load_sdk(cli).await {
+        Ok(s) => s,
+        Err(e) => return refuse(json, "", &e),
+    };
+    let mut opts = crate::sweep::Options::new(args.since, until);
+    opts.regions = args.regions.clone();
+    opts.deadline = args.deadline;
+    opts.concurrency = args.concurrency as usize;
+    let swept = crate::sweep::sweep(&sdk, &opts, &[]).await;
+    if let Some(path) = &args.plan {
+        let stamp = rekey_trail::time::format(std::time::SystemTime::now()).replace([':', '-'], "");
+        let plan = crate::incident::model::Plan {
+            incident: format!("sweep-{stamp}"),
+            access_key_id: String::new(),
+            account: swept.account.clone(),
+            created_at: rekey_trail::time::format(std::time::SystemTime::now()),
+            actions: swept.plan.clone(),
+        };
+        let text = serde_json::to_string_pretty(&plan).expect("a plan serializes");
+        if let Err(e) = std::fs::write(path, text) {
+            return refuse(
+                json,
+                "",
+                &format!("cannot write the plan {}: {e}; pick another --plan path", path.display()),
+            );
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&swept).expect("a sweep serializes"));
+    } else {
+        print!("{}", crate::sweep::text(&swept));
+        if let Some(path) = &args.plan {
+            println!(
+                "  plan: {} ({} action(s)); review it, then `rekey contain --plan {} --apply` (`--undo` reverses it)",
+                path.display(),
+                swept.plan.len(),
+                path.display()
+            );
+        }
+    }
+    if swept.findings.is_empty() && swept.blind_spots.is_empty() { Status::Ok } else { Status::NeedsAction }
+}
+
 async fn contain(cli: &Cli, args: &ContainArgs, json: bool) -> Status {
-    use crate::incident::contain::{Mode, run};
+    use crate::incident::contain::{Mode, run_with};
     let text = match std::fs::read_to_string(&args.plan) {
         Ok(t) => t,
         Err(e) => {
@@ -415,7 +482,8 @@ async fn contain(cli: &Cli, args: &ContainArgs, json: bool) -> Status {
             print!("{report}");
         }
     };
-    match run(&iam, &account, &ec2, &plan, mode, &log).await {
+    let sweep = crate::sweep::contain::Executor::new(&sdk);
+    match run_with(&iam, &account, &ec2, Some(&sweep), &plan, mode, &log).await {
         Ok(report) => {
             print(&report);
             Status::Ok

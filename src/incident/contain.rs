@@ -159,12 +159,27 @@ pub async fn run(
     mode: Mode,
     log_path: &Path,
 ) -> Result<ContainReport, ContainError> {
+    run_with(iam, account, ec2, None, plan, mode, log_path).await
+}
+
+/// [`run`], with the sweep's steps (instances, rules, resource policies, peerings) carried out by
+/// `sweep`; without it they fail and stop the run.
+pub async fn run_with(
+    iam: &aws_sdk_iam::Client,
+    account: &aws_sdk_account::Client,
+    ec2: &aws_sdk_ec2::Client,
+    sweep: Option<&crate::sweep::contain::Executor>,
+    plan: &Plan,
+    mode: Mode,
+    log_path: &Path,
+) -> Result<ContainReport, ContainError> {
     let entries = read_log(log_path, &plan.incident)?;
     let applied = applied_ids(&entries);
     let mut runner = Runner {
         iam,
         account,
         ec2,
+        sweep,
         plan,
         log_path,
         report: ContainReport {
@@ -276,6 +291,7 @@ struct Runner<'a> {
     iam: &'a aws_sdk_iam::Client,
     account: &'a aws_sdk_account::Client,
     ec2: &'a aws_sdk_ec2::Client,
+    sweep: Option<&'a crate::sweep::contain::Executor>,
     plan: &'a Plan,
     log_path: &'a Path,
     report: ContainReport,
@@ -345,6 +361,7 @@ impl Runner<'_> {
             Action::SnapshotVolume { volume_id, instance_id, region } => {
                 snapshot_volume(self.ec2, self.plan, volume_id, instance_id, region.as_deref(), SNAPSHOT_WAIT).await
             }
+            Action::Sweep(step) => sweep_step(self.sweep, step).await,
             action => execute(self.iam, self.account, action).await,
         };
         match result {
@@ -416,6 +433,7 @@ impl Runner<'_> {
             Undo::Action { action: Action::ActivateAccessKey { user, access_key_id } } => {
                 activate_key(self.iam, user, access_key_id).await
             }
+            Undo::Action { action: Action::Sweep(step) } => sweep_step(self.sweep, step).await,
             Undo::Action { action } => execute(self.iam, self.account, action).await,
             Undo::RecreateUser { user, path, tags } => {
                 recreate_user(self.iam, user, path.as_deref(), tags).await.map(|mut done| {
@@ -735,7 +753,22 @@ async fn execute(
             // Only reached from an undo that names it; the apply path tags it with the plan's incident.
             Err(format!("snapshot_volume {volume_id}: runs only as a step of a plan"))
         }
+        Action::Sweep(_) => Err("a sweep step runs only through the sweep's clients".into()),
     }
+}
+
+async fn sweep_step(
+    sweep: Option<&crate::sweep::contain::Executor>,
+    step: &crate::sweep::actions::SweepAction,
+) -> Result<Done, String> {
+    let Some(sweep) = sweep else {
+        return Err(format!("{step:?}: this rekey was started without the sweep's clients"));
+    };
+    let done = sweep.run(step).await?;
+    Ok(match (done.changed, done.detail) {
+        (true, detail) => Done { status: Status::Applied, detail },
+        (false, detail) => Done { status: Status::AlreadyDone, detail },
+    })
 }
 
 /// How long a forensic snapshot is waited for. Its content is fixed when CreateSnapshot returns;

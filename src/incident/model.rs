@@ -227,6 +227,10 @@ pub enum Action {
     DeleteAlternateContact {
         contact_type: String,
     },
+    /// The sweep's steps outside IAM (stop an instance, revoke a rule, …), carried out by
+    /// `crate::sweep::contain`; untagged so that they read `{"type": "stop_instance", …}` too.
+    #[serde(untagged)]
+    Sweep(crate::sweep::actions::SweepAction),
 }
 
 /// Data that reverses an action (`rekey contain --undo`).
@@ -364,4 +368,7 @@ pub struct Report {
     pub actions_taken: Vec<String>,
     /// What is left for a person.
     pub todo: Vec<String>,
+    /// The post-incident checklist, answered by the live sweep (`crate::sweep`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<crate::sweep::review::Review>,
 }

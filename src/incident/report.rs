@@ -436,6 +436,10 @@ pub fn markdown(r: &Report, plan: &Plan, plan_path: &Path) -> String {
         o.push('\n');
     }
 
+    if let Some(review) = &r.review {
+        o.push_str(&review.markdown());
+    }
+
     // Timeline.
     let _ = writeln!(o, "## Timeline\n");
     let ok: Vec<_> = events.iter().filter(|e| !e.failed).collect();

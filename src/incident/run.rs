@@ -53,6 +53,8 @@ pub struct IncidentSettings {
     pub cutover: Cutover,
     /// Query the trail bucket with Athena instead of reading its files.
     pub athena: Option<crate::trace::athena::AthenaSettings>,
+    /// The live sweep of every Region (`crate::sweep`); None: `--no-sweep`.
+    pub sweep: Option<crate::sweep::Options>,
 }
 
 /// What the command line prints and exits with.
@@ -285,7 +287,16 @@ pub async fn run(
     // The hunt reads earlier values (contacts, trust policies) from the events before the window.
     let with_context: Vec<_> = inv.context.iter().chain(&inv.timeline).cloned().collect();
     let ec2 = aws_sdk_ec2::Client::new(sdk);
-    let found = hunt::hunt(&iam, &account, &ec2, &with_context, (settings.start, settings.end), &owner).await;
+    let mut found = hunt::hunt(&iam, &account, &ec2, &with_context, (settings.start, settings.end), &owner).await;
+    // What the attacker left outside IAM, read live in every Region whatever the logs say.
+    let mut swept = None;
+    if let Some(mut opts) = settings.sweep.clone() {
+        opts.account = opts.account.or_else(|| owner.account.clone());
+        let mut s = crate::sweep::sweep(sdk, &opts, &with_context).await;
+        s.merge_into(&mut found.findings, &mut found.plan);
+        actions_taken.push(crate::sweep::summary(&s));
+        swept = Some(s);
+    }
     let mut findings: Vec<Finding> = Vec::new();
     if owner.is_root || who.p1 {
         findings.push(Finding {
@@ -319,6 +330,9 @@ pub async fn run(
             id_map.insert(f.id.clone(), new.clone());
         }
         f.id = new;
+    }
+    if let Some(s) = swept.as_mut() {
+        s.review.renumber(&id_map);
     }
     let mut plan_actions = found.plan;
     for (i, a) in plan_actions.iter_mut().enumerate() {
@@ -355,9 +369,10 @@ pub async fn run(
         derived_keys: inv.derived_keys,
         timeline: inv.timeline,
         findings,
-        blind_spots: inv.blind_spots,
+        blind_spots: inv.blind_spots.into_iter().chain(swept.iter().flat_map(|s| s.blind_spots.clone())).collect(),
         actions_taken,
         todo,
+        review: swept.map(|s| s.review),
     };
     let plan = Plan {
         incident: settings.report_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),

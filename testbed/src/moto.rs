@@ -172,6 +172,40 @@ impl Moto {
         self.post("/moto-api/reset-auth", if on { "0" } else { "inf" }).await;
     }
 
+    /// Requests served since the last [`Moto::clear_requests`], as (Region, service, count) from
+    /// their SigV4 scope (launcher patch 8): what a client really sent, retries included.
+    pub async fn requests_served(&self) -> Vec<(String, String, u64)> {
+        let url = format!("{}/moto-api/rekey/requests", self.endpoint);
+        let text = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("moto control call GET {url} failed: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("moto control call GET {url}: {e}"));
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("moto control call GET {url}: not JSON ({e}): {text}"));
+        rows.iter()
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (s("region"), s("service"), r["count"].as_u64().unwrap_or(0))
+            })
+            .collect()
+    }
+
+    pub async fn clear_requests(&self) {
+        self.post("/moto-api/rekey/requests", "").await;
+    }
+
+    /// Answers every request signed for `region` `seconds` late, as a throttled or far Region does
+    /// (launcher patch 8); 0 answers at once again.
+    pub async fn set_region_delay(&self, region: &str, seconds: f64) {
+        self.post(&format!("/moto-api/rekey/region-delay?region={region}&seconds={seconds}"), "").await;
+    }
+
     async fn post(&self, path: &str, body: &'static str) {
         // A client per call: pooled connections are bound to the runtime that opened them,
         // and one Moto may be shared by tests that each run their own runtime.
