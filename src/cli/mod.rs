@@ -152,6 +152,7 @@ pub async fn main() -> Status {
                 ecs_timeout: args.ecs_timeout,
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
+                retire: Default::default(),
             };
             run_with_aws(&cli, state_dir, &args.journal, &settings, json, None).await
         }
@@ -189,6 +190,7 @@ pub async fn main() -> Status {
                     ecs_timeout: args.ecs_timeout,
                     verify_regions: args.waits.verify_regions.clone(),
                     defer_deactivation: false,
+                    retire: Default::default(),
                 }))
             };
             incident(&cli, state_dir, &args.investigate, cutover, !args.no_fence, false, json).await
@@ -215,6 +217,7 @@ pub async fn main() -> Status {
                 ecs_timeout: Duration::from_secs(900),
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
+                retire: Default::default(),
             };
             run_with_aws(&cli, state_dir, &args.journal, &settings, json, Some(args.rollback)).await
         }
@@ -491,6 +494,7 @@ async fn run_with_aws(
                 Outcome::RolledBack => Status::RolledBack,
                 Outcome::Failed => Status::Failed,
                 Outcome::Refused => Status::Refused,
+                Outcome::Held => Status::Held,
             }
         }
         Err(Refusal(e)) => refuse(json, &settings.user, &e),

@@ -47,6 +47,7 @@ impl Bed {
             ecs_timeout: Duration::from_secs(900),
             verify_regions: Vec::new(),
             defer_deactivation: false,
+            retire: Default::default(),
         }
     }
 
