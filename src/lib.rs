@@ -6,13 +6,15 @@
 //!   targets in `rekey_adapters`, the probe, the clock) are traits that tests drive through faults;
 //! - [`fleet`]: `plan`/`run`/`audit` over the rotations of a `rekey.toml`;
 //! - [`trace`]: `rekey trace`, a key's CloudTrail records (the engine is the `rekey_trail` crate);
-//! - [`incident`]: `identify → fence → cut over → investigate → report` for a leaked key.
+//! - [`incident`]: `identify → fence → cut over → investigate → report` for a leaked key;
+//! - [`discover`]: where a user's keys are deployed and who uses them, as targets `rotate` accepts.
 //!
 //! Around them: [`cli`] parses and prints, [`aws`] loads the SDK and renders its errors as one line,
 //! [`exit`] says how a command ended, [`progress`] is the shared progress display.
 
 pub mod aws;
 pub mod cli;
+pub mod discover;
 pub mod exit;
 pub mod fleet;
 pub mod incident;

@@ -133,16 +133,24 @@ pub async fn main() -> Status {
                 Ok(r) => r,
                 Err(e) => return refuse(json, &args.user, &e),
             };
+            let mut targets: Vec<TargetSetting> = args
+                .targets
+                .iter()
+                .cloned()
+                .zip(restart)
+                .map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd })
+                .collect();
+            if args.discover {
+                let who = crate::discover::Who::User(args.user.clone());
+                match discovered(&cli, who, args.old_key.as_deref(), &args.paths, &mut targets).await {
+                    Ok(()) => {}
+                    Err(e) => return refuse(json, &args.user, &e),
+                }
+            }
             let settings = Settings {
                 user: args.user.clone(),
                 old_key: args.old_key.clone(),
-                targets: args
-                    .targets
-                    .iter()
-                    .cloned()
-                    .zip(restart)
-                    .map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd })
-                    .collect(),
+                targets,
                 probes: args.probes.clone(),
                 verify: args.waits.verify(),
                 probe: args.waits.probe(),
@@ -152,7 +160,11 @@ pub async fn main() -> Status {
                 ecs_timeout: args.ecs_timeout,
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
-                retire: Default::default(),
+                retire: crate::rotate::evidence::Retire {
+                    force: args.force_deactivate.then(|| "--force-deactivate".to_string()),
+                    quiet: args.quiet_period,
+                    source: None,
+                },
             };
             run_with_aws(&cli, state_dir, &args.journal, &settings, json, None).await
         }
@@ -162,11 +174,25 @@ pub async fn main() -> Status {
                 Ok(r) => r,
                 Err(e) => return refuse(json, "", &e),
             };
+            let mut targets: Vec<TargetSetting> = args
+                .targets
+                .iter()
+                .cloned()
+                .zip(restart)
+                .map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd })
+                .collect();
+            if args.discover {
+                let key = args.investigate.key.clone();
+                let who = crate::discover::Who::Key(key.clone());
+                if let Err(e) = discovered(&cli, who, Some(&key), &args.paths, &mut targets).await {
+                    return refuse(json, "", &e);
+                }
+            }
             let cutover = if args.no_cutover {
                 crate::incident::run::Cutover::Skip { why: "--no-cutover".into() }
             } else if args.deactivate_now {
                 crate::incident::run::Cutover::DeactivateNow
-            } else if args.targets.is_empty() {
+            } else if targets.is_empty() {
                 crate::incident::run::Cutover::Skip {
                     why: "no --target given to move the consumers to a new key (or --deactivate-now)".into(),
                 }
@@ -174,13 +200,7 @@ pub async fn main() -> Status {
                 crate::incident::run::Cutover::Rotate(Box::new(Settings {
                     user: String::new(),
                     old_key: None,
-                    targets: args
-                        .targets
-                        .iter()
-                        .cloned()
-                        .zip(restart)
-                        .map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd })
-                        .collect(),
+                    targets,
                     probes: args.probes.clone(),
                     verify: args.waits.verify(),
                     probe: args.waits.probe(),
@@ -190,7 +210,9 @@ pub async fn main() -> Status {
                     ecs_timeout: args.ecs_timeout,
                     verify_regions: args.waits.verify_regions.clone(),
                     defer_deactivation: false,
-                    retire: Default::default(),
+                    // The attacker's own calls are exactly "a consumer rekey did not move": the
+                    // leaked key goes off whoever still uses it (discover lists them beforehand).
+                    retire: crate::rotate::evidence::Retire::forced("incident: the leaked key is deactivated"),
                 }))
             };
             incident(&cli, state_dir, &args.investigate, cutover, !args.no_fence, false, json).await
@@ -201,6 +223,8 @@ pub async fn main() -> Status {
         }
         Command::Contain(args) => contain(&cli, args, json).await,
         Command::Audit(args) => audit(&cli, args, json).await,
+        Command::Discover(args) => discover(&cli, args, json).await,
+        Command::Retire(args) => retire(&cli, args, json).await,
         Command::Plan(args) => fleet(&cli, state_dir, &args.config, None, json).await,
         Command::Run(args) => fleet(&cli, state_dir, &args.config, Some(args), json).await,
         Command::Resume(args) => {
@@ -482,6 +506,9 @@ async fn run_with_aws(
     };
     let wiring = Wiring::new(&sdk, &settings.verify_regions, std::io::stderr().is_terminal());
     let fx = wiring.effects(journals);
+    let mut settings = settings.clone();
+    settings.retire.source.get_or_insert_with(|| std::sync::Arc::new(crate::rotate::evidence::AwsEvidence::new(&sdk)));
+    let settings = &settings;
     let result = match resume {
         None => rotation::rotate(&fx, settings, interrupted()).await,
         Some(force_rollback) => rotation::resume(&fx, &settings.user, force_rollback, settings, interrupted()).await,
@@ -498,5 +525,65 @@ async fn run_with_aws(
             }
         }
         Err(Refusal(e)) => refuse(json, &settings.user, &e),
+    }
+}
+
+/// `--discover` on `rotate` and `incident`: the targets `discover` finds for the key, added after
+/// the ones given, then ordered so that stores come before the services that read them.
+async fn discovered(
+    cli: &Cli,
+    who: crate::discover::Who,
+    key: Option<&str>,
+    paths: &[PathBuf],
+    targets: &mut Vec<TargetSetting>,
+) -> Result<(), String> {
+    let sdk = load_sdk(cli).await?;
+    for spec in crate::discover::targets_for(&sdk, who, key, paths.to_vec()).await? {
+        if !targets.iter().any(|t| t.spec.raw == spec.raw) {
+            targets.push(TargetSetting { spec, restart_cmd: None });
+        }
+    }
+    targets.sort_by_key(|t| crate::discover::rank(t.spec.kind));
+    Ok(())
+}
+
+async fn discover(cli: &Cli, args: &DiscoverArgs, json: bool) -> Status {
+    let sdk = match load_sdk(cli).await {
+        Ok(s) => s,
+        Err(e) => return refuse(false, "", &e),
+    };
+    let who = match (&args.user, &args.key) {
+        (_, Some(k)) => crate::discover::Who::Key(k.clone()),
+        (Some(u), None) => crate::discover::Who::User(u.clone()),
+        (None, None) => return refuse(false, "", "give --user or --access-key"),
+    };
+    let settings = crate::discover::Settings {
+        who,
+        paths: args.paths.clone(),
+        regions: args.regions.clone(),
+        since: args.since,
+        logs: args.logs.clone(),
+        history: !args.no_history,
+    };
+    crate::discover::command(&sdk, settings, json).await
+}
+
+async fn retire(cli: &Cli, args: &RetireArgs, json: bool) -> Status {
+    use crate::rotate::evidence::{AwsEvidence, RetireError, RetireSettings, print_retire, retire};
+    let sdk = match load_sdk(cli).await {
+        Ok(s) => s,
+        Err(e) => return refuse(false, "", &e),
+    };
+    let iam = crate::rotate::iam::AwsIam::new(&sdk);
+    let evidence = AwsEvidence::new(&sdk);
+    let settings =
+        RetireSettings { user: args.user.clone(), key: args.old_key.clone(), idle: args.idle, force: args.force };
+    match retire(&iam, &evidence, &crate::rotate::clock::SystemClock, &settings).await {
+        Ok(report) => print_retire(&report, json),
+        Err(RetireError::Refused(e)) => refuse(false, "", &e),
+        Err(RetireError::Failed(e)) => {
+            eprintln!("rekey: {e}");
+            Status::Failed
+        }
     }
 }

@@ -62,6 +62,12 @@ pub(super) fn print_report(r: &Report, json: bool) {
             println!("    {:<48} {:<8} {:>8} ms", s.name, s.status, s.duration_ms);
         }
     }
+    if let Some(j) = &r.evidence {
+        println!("  old key's use: {}", j.summary());
+        if let Some(c) = &j.caveat {
+            println!("    note: {c}");
+        }
+    }
     for w in &r.warnings {
         println!("  warning: {w}");
     }

@@ -738,6 +738,38 @@ fn pick_old<'a>(
     }
 }
 
+/// Prints the report of `rekey retire` and says how it ended.
+pub fn print_retire(r: &RetireReport, json: bool) -> crate::exit::Status {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).expect("the report serializes"));
+    } else {
+        println!("{}: {}", r.outcome.replace('_', " "), r.message);
+        if let Some(j) = &r.evidence {
+            for s in &j.sources {
+                println!(
+                    "  checked {} as of {}: {} (trails real use by up to ~{} min)",
+                    s.source,
+                    s.as_of,
+                    s.status,
+                    s.lag_secs / 60
+                );
+            }
+            if let Some(c) = &j.caveat {
+                println!("  note: {c}");
+            }
+        }
+        for w in &r.warnings {
+            println!("  warning: {w}");
+        }
+    }
+    if r.outcome == "held" {
+        eprintln!("rekey: held: {}", r.message);
+        crate::exit::Status::Held
+    } else {
+        crate::exit::Status::Ok
+    }
+}
+
 #[cfg(test)]
 #[path = "evidence_tests.rs"]
 mod tests;
