@@ -55,11 +55,11 @@ pub async fn find(src: Sources<'_>, keys: &[KeyInfo]) -> (Vec<(String, Use)>, Ve
     for k in keys {
         let last = match src.iam.last_used(&k.id).await {
             Ok(lu) => {
-                checks.push(check("last-used", format!("{}: ok", k.id), now));
+                checks.push(check("last-used", true, format!("{}: ok", k.id), now));
                 lu.date.map(|at| Use::last_used(at, lu.service, lu.region))
             }
             Err(e) => {
-                checks.push(check("last-used", format!("{}: not read: {e}", k.id), now));
+                checks.push(check("last-used", false, format!("{}: not read: {e}", k.id), now));
                 None
             }
         };
@@ -107,13 +107,13 @@ pub async fn find(src: Sources<'_>, keys: &[KeyInfo]) -> (Vec<(String, Use)>, Ve
     (uses, checks, notes)
 }
 
-fn check(source: &'static str, status: String, now: SystemTime) -> SourceCheck {
+fn check(source: &'static str, ok: bool, status: String, now: SystemTime) -> SourceCheck {
     let lag = if source == "last-used" {
         crate::rotate::evidence::LAST_USED_LAG
     } else {
         crate::rotate::evidence::HISTORY_LAG
     };
-    SourceCheck { source, status, as_of: rekey_trail::time::format(now), lag_secs: lag.as_secs() }
+    SourceCheck { source, ok, status, as_of: rekey_trail::time::format(now), lag_secs: lag.as_secs() }
 }
 
 /// The callers in the trail files, grouped per key and (address, agent, Region).

@@ -294,7 +294,9 @@ pub fn next_steps(d: &Discovery) -> Vec<String> {
     out.push("# or, for `rekey run`, in rekey.toml:".into());
     out.push("[[rotation]]".into());
     out.push(format!("user = {}", toml_string(&d.user)));
-    out.push(format!("targets = [{}]", targets.iter().map(|t| toml_string(&t.spec)).collect::<Vec<_>>().join(", ")));
+    out.push("targets = [".into());
+    out.extend(targets.iter().map(|t| format!("    {},", toml_string(&t.spec))));
+    out.push("]".into());
     out.push("probes = []  # the applications' health URLs".into());
     out
 }
@@ -331,11 +333,8 @@ pub fn print(d: &Discovery) {
     for c in &d.consumers {
         println!("  {} {}: {}", c.key_id, c.seen, c.explained_by);
     }
-    for s in &d.sources {
-        if s.status.contains("ok") {
-            continue;
-        }
-        println!("  source {}: {}", s.source, s.status);
+    for s in d.sources.iter().filter(|s| !s.ok) {
+        println!("  source {} {}: callers it would show are missing above", s.source, s.status);
     }
     for n in &d.notes {
         println!("note: {n}");

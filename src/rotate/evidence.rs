@@ -111,7 +111,9 @@ impl fmt::Display for Use {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SourceCheck {
     pub source: &'static str,
-    /// `ok`, or why the source could not be read (the check goes on without it).
+    /// It was read: what it says counts.
+    pub ok: bool,
+    /// What was read, or why it could not be (the check goes on without it).
     pub status: String,
     pub as_of: String,
     /// How far the source is assumed to trail real use.
@@ -206,7 +208,7 @@ pub async fn read_history(
     let reads = regions.iter().map(|region| async move {
         let mut events = Vec::new();
         let mut next = None;
-        let mut status = "ok".to_string();
+        let mut status = Ok("ok".to_string());
         for page_no in 0..pages {
             if page_no > 0 {
                 tokio::time::sleep(pace).await;
@@ -221,13 +223,13 @@ pub async fn read_history(
                     match p.next {
                         None => break,
                         Some(_) if page_no + 1 == pages => {
-                            status = format!("ok, newest {} events only (bounded to {pages} pages)", events.len());
+                            status = Ok(format!("ok, newest {} events only (bounded to {pages} pages)", events.len()));
                         }
                         Some(t) => next = Some(t),
                     }
                 }
                 Err(e) => {
-                    status = format!("not read: {e}");
+                    status = Err(format!("not read: {e}"));
                     break;
                 }
             }
@@ -245,7 +247,8 @@ pub async fn read_history(
         }
         checks.push(SourceCheck {
             source: "event-history",
-            status: format!("{region}: {status}"),
+            ok: status.is_ok(),
+            status: format!("{region}: {}", status.unwrap_or_else(|e| e)),
             as_of: rekey_trail::time::format(until),
             lag_secs: HISTORY_LAG.as_secs(),
         });
@@ -414,6 +417,7 @@ pub fn judge(
     let fmt = rekey_trail::time::format;
     let mut sources = vec![SourceCheck {
         source: "last-used",
+        ok: last_used.is_ok(),
         status: match &last_used {
             Ok(_) => "ok".into(),
             Err(e) => format!("not read: {e}"),
@@ -421,7 +425,7 @@ pub fn judge(
         as_of: fmt(now),
         lag_secs: LAST_USED_LAG.as_secs(),
     }];
-    let history_read = history.1.iter().any(|c| c.status.contains(": ok"));
+    let history_read = history.1.iter().any(|c| c.ok);
     sources.extend(history.1);
     let last = last_used.as_ref().ok().cloned().flatten();
     let mut consumers: Vec<Use> = history.0.into_iter().filter(|u| u.at >= since).collect();

@@ -374,6 +374,7 @@ impl crate::rotate::evidence::Evidence for FakeEvidence {
         }
         let check = crate::rotate::evidence::SourceCheck {
             source: "event-history",
+            ok: true,
             status: "eu-west-2: ok".into(),
             as_of: rekey_trail::time::format(self.clock.now()),
             lag_secs: 900,
