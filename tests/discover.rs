@@ -228,6 +228,34 @@ async fn deny_locked_secret(moto: &Moto, admin: &Creds, locked_arn: &str) {
         .expect("PutUserPolicy");
 }
 
+/// A user holding exactly `deploy/iam-policy-discover.json` (and the test's Deny on one secret).
+async fn least_privilege_user(moto: &Moto, admin: &Creds, locked_arn: &str) -> Creds {
+    let iam = aws_sdk_iam::Client::new(&moto.sdk_config(admin));
+    let policy = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/iam-policy-discover.json"))
+        .expect("the shipped policy");
+    iam.create_user().user_name("discoverer").send().await.expect("CreateUser");
+    iam.put_user_policy()
+        .user_name("discoverer")
+        .policy_name("rekey-discover")
+        .policy_document(policy)
+        .send()
+        .await
+        .expect("PutUserPolicy");
+    let deny = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Action": "secretsmanager:GetSecretValue", "Resource": locked_arn}
+    ]});
+    iam.put_user_policy()
+        .user_name("discoverer")
+        .policy_name("no-locked-secret")
+        .policy_document(deny.to_string())
+        .send()
+        .await
+        .expect("PutUserPolicy");
+    let key = iam.create_access_key().user_name("discoverer").send().await.expect("CreateAccessKey");
+    let key = key.access_key().expect("key");
+    Creds::new(key.access_key_id(), key.secret_access_key())
+}
+
 fn specs(json: &Value) -> Vec<String> {
     json["targets"].as_array().unwrap().iter().map(|t| t["spec"].as_str().unwrap().to_string()).collect()
 }
@@ -241,6 +269,9 @@ async fn discover_finds_every_place_by_value_and_rotate_discover_moves_them_all(
     let root = tempfile::tempdir().unwrap();
     let planted = plant(&moto, &s.admin, &s.app_key, &decoy, root.path()).await;
     deny_locked_secret(&moto, &s.admin, &planted.locked_secret).await;
+    // Policies are put before auth is on: moto's signature check fails on some form-encoded
+    // policy documents.
+    let discoverer = least_privilege_user(&moto, &s.admin, &planted.locked_secret).await;
     moto.set_auth(true).await;
     // The app has used its key: discover lists it as a caller no target explains.
     sts_check(&moto, &s.app_key).await.expect("the app key works");
@@ -291,6 +322,13 @@ async fn discover_finds_every_place_by_value_and_rotate_discover_moves_them_all(
         assert!(!out.stdout.contains(secret.as_str()) && !out.stderr.contains(secret.as_str()), "a secret was printed");
     }
     assert!(!out.stdout.contains(&decoy.access_key_id), "the decoy key is nowhere in the output");
+
+    // The shipped least-privilege policy is enough: a principal holding exactly it finds the same.
+    let out = rekey(&moto, &discoverer, dir.path(), &args).await;
+    out.assert_code(0);
+    let mut with_policy = specs(&out.json());
+    with_policy.sort();
+    assert_eq!(with_policy, expected, "as the deploy/iam-policy-discover.json principal:\n{}", out.stdout);
 
     // The text report ends with the ready command and the rekey.toml block.
     let text = rekey(&moto, &s.admin, dir.path(), &["discover", "--user", &s.app_user, "--path", &path]).await;
@@ -419,4 +457,67 @@ async fn incident_discover_cuts_over_the_places_found_and_deactivates_the_leaked
     assert_ne!(moved.access_key_id, key, "the discovered file holds the new key");
     assert_secret_absent(&moved.secret_access_key, &[&out], dir.path());
     moto.set_auth(false).await;
+}
+
+/// Not a test: the figures of the README's "Discovery speed". Run with
+/// `cargo test --test discover -- --ignored --nocapture bench_`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark; prints figures, asserts none"]
+async fn bench_discover_an_account_of_a_few_hundred_places() {
+    const SECRETS: usize = 400;
+    const PARAMETERS: usize = 400;
+    const FILES: usize = 20_000;
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let sdk = moto.sdk_config(&s.admin);
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    for i in 0..SECRETS {
+        let id = if i % 40 == 0 { s.app_key.access_key_id.clone() } else { format!("AKIAOTHER{i:011}") };
+        let value = json!({"id": id, "secret": secret, "note": "x".repeat(200)}).to_string();
+        sm.create_secret().name(format!("team{}/svc{i}", i % 7)).secret_string(value).send().await.unwrap();
+    }
+    for i in 0..PARAMETERS {
+        let value = if i % 40 == 0 { s.app_key.access_key_id.clone() } else { format!("value-{i}") };
+        ssm.put_parameter()
+            .name(format!("/team{}/param{i}", i % 7))
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .send()
+            .await
+            .unwrap();
+    }
+    let root = tempfile::tempdir().unwrap();
+    for i in 0..FILES {
+        let dir = root.path().join(format!("d{}/e{}", i % 50, i % 13));
+        std::fs::create_dir_all(&dir).unwrap();
+        let body = if i % 2000 == 0 {
+            format!("AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={secret}\n", s.app_key.access_key_id)
+        } else {
+            format!("LOG_LEVEL=info\nPORT={i}\n{}\n", "# filler\n".repeat(200))
+        };
+        std::fs::write(dir.join(format!("f{i}.env")), body).unwrap();
+    }
+    let dir = state_dir();
+    let path = root.path().display().to_string();
+    for run in 1..=3 {
+        let started = std::time::Instant::now();
+        let out = rekey(
+            &moto,
+            &s.admin,
+            dir.path(),
+            &["discover", "--user", &s.app_user, "--path", &path, "--output", "json", "--no-history"],
+        )
+        .await;
+        let took = started.elapsed();
+        out.assert_code(0);
+        let json = out.json();
+        eprintln!(
+            "run {run}: {SECRETS} secrets + {PARAMETERS} parameters + {FILES} files ({:.1} MB): {:.2} s, {} targets",
+            (FILES * 1_900) as f64 / 1e6,
+            took.as_secs_f64(),
+            json["targets"].as_array().unwrap().len()
+        );
+    }
 }

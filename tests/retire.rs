@@ -126,7 +126,7 @@ async fn a_consumer_rekey_was_not_told_about_holds_the_old_key_until_it_moves() 
     let iam = aws_sdk_iam::Client::new(&moto.sdk_config(&s.admin));
     let tags = iam.list_user_tags().user_name(&s.app_user).send().await.unwrap();
     let held = tags.tags().iter().find(|t| t.key() == s.app_key.access_key_id).map(|t| t.value().to_string());
-    assert!(held.as_deref().is_some_and(|v| v.starts_with("rekey-held-since-")), "{held:?}");
+    assert!(held.as_deref().is_some_and(|v| v.starts_with("rekey-held-at-")), "{held:?}");
 
     // While the job still signs with it, retire refuses to cut it off and names the last use.
     let retire = ["retire", "--user", &s.app_user, "--idle", "3s"];

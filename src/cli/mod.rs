@@ -71,7 +71,12 @@ pub async fn main() -> Status {
         Err(e) => {
             // One line: clap's own text adds a usage block and a tip that bury the problem.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid usage").trim_start_matches("error: ");
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("invalid usage").trim_start_matches("error: ").to_string();
+            // "the following required arguments were not provided:" names them on the next line.
+            if first.ends_with(':') {
+                first = format!("{first} {}", lines.next().unwrap_or_default());
+            }
             eprintln!("rekey: {first}; see `rekey --help`");
             return Status::Refused;
         }

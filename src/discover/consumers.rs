@@ -103,7 +103,7 @@ pub async fn find(src: Sources<'_>, keys: &[KeyInfo]) -> (Vec<(String, Use)>, Ve
             }
         }
     }
-    uses.sort_by(|a, b| b.1.at.cmp(&a.1.at));
+    uses.sort_by_key(|u| std::cmp::Reverse(u.1.at));
     (uses, checks, notes)
 }
 

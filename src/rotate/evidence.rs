@@ -42,8 +42,29 @@ pub const DEFAULT_QUIET: Duration = Duration::from_secs(10);
 pub const POLL: Duration = Duration::from_secs(1);
 /// Event history pages read per Region and check (50 events a page, newest first).
 pub const HISTORY_PAGES: usize = 4;
-/// Value prefix of the user tag, keyed by the old access key id, that records a hold.
-pub const HELD_SINCE: &str = "rekey-held-since-";
+/// Value prefix of the user tag, keyed by the old access key id, that records a hold and when
+/// the last check that held it ran (`rekey-held-at-<rfc3339>`).
+pub const HELD_AT: &str = "rekey-held-at-";
+
+/// The time a tag value records a hold at, for `status`, `audit` and runners.
+pub fn held_at(tag_value: &str) -> Option<SystemTime> {
+    tag_value.strip_prefix(HELD_AT).and_then(rekey_trail::time::parse)
+}
+
+/// Records a hold on the user, as a tag keyed by the key id (the console's key description).
+pub async fn record_hold(iam: &dyn Iam, clock: &dyn Clock, user: &str, key_id: &str) -> Result<(), IamError> {
+    iam.tag_key(user, key_id, &format!("{HELD_AT}{}", rekey_trail::time::format(clock.now()))).await
+}
+
+/// What the sources say about uses of `key_id` from `since` until now, in one look: the check of
+/// `rekey retire`, and of a runner before a deferred deactivation (`since`: when the grace period
+/// ended) or deletion (`since`: when the key was deactivated).
+pub async fn check_since(ev: &dyn Evidence, clock: &dyn Clock, key_id: &str, since: SystemTime) -> Judgement {
+    let last = ev.last_used(key_id).await;
+    let hint = last.as_ref().ok().and_then(|l| l.as_ref()).and_then(|u| u.region.clone());
+    let history = ev.history(key_id, since, hint.as_deref()).await;
+    judge(key_id, last, history, since, clock.now())
+}
 
 /// One caller of a key, as a source saw it. Never holds a secret: key ids, addresses and agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -253,7 +274,7 @@ pub async fn read_history(
             lag_secs: HISTORY_LAG.as_secs(),
         });
     }
-    uses.sort_by(|a, b| b.at.cmp(&a.at));
+    uses.sort_by_key(|u| std::cmp::Reverse(u.at));
     (uses, checks)
 }
 
@@ -436,7 +457,7 @@ pub fn judge(
     {
         consumers.push(l.clone());
     }
-    consumers.sort_by(|a, b| b.at.cmp(&a.at));
+    consumers.sort_by_key(|u| std::cmp::Reverse(u.at));
     let verdict = if !consumers.is_empty() {
         Verdict::InUse
     } else if last_used.is_err() && !history_read {
@@ -557,11 +578,10 @@ pub async fn before_deactivation(
         None => &fallback,
     };
     let mut j = watch(ev, clock, old, retire.quiet).await;
-    if j.holds() {
-        let tag = format!("{HELD_SINCE}{}", rekey_trail::time::format(clock.now()));
-        if let Err(e) = iam.tag_key(user, old, &tag).await {
-            j.warnings.push(format!("could not record the hold on {user} ({e}); runners will not see it"));
-        }
+    if j.holds()
+        && let Err(e) = record_hold(iam, clock, user, old).await
+    {
+        j.warnings.push(format!("could not record the hold on {user} ({e}); runners will not see it"));
     }
     j
 }
@@ -663,11 +683,7 @@ pub async fn retire(
                 LAST_USED_LAG.as_secs() / 60
             ));
         }
-        let since = now.checked_sub(s.idle).unwrap_or(SystemTime::UNIX_EPOCH);
-        let last = ev.last_used(&old.id).await;
-        let hint = last.as_ref().ok().and_then(|l| l.as_ref()).and_then(|u| u.region.clone());
-        let history = ev.history(&old.id, since, hint.as_deref()).await;
-        judge(&old.id, last, history, since, clock.now())
+        check_since(ev, clock, &old.id, now.checked_sub(s.idle).unwrap_or(SystemTime::UNIX_EPOCH)).await
     };
     if judgement.holds() {
         report.outcome = "held";
@@ -677,8 +693,7 @@ pub async fn retire(
             judgement.summary(),
             show(s.idle)
         );
-        let tag = format!("{HELD_SINCE}{}", rekey_trail::time::format(clock.now()));
-        if let Err(e) = iam.tag_key(user, &old.id, &tag).await {
+        if let Err(e) = record_hold(iam, clock, user, &old.id).await {
             report.warnings.push(format!("could not record the hold on {user} ({e})"));
         }
         report.evidence = Some(judgement);

@@ -284,3 +284,28 @@ async fn retire_force_deactivates_without_looking() {
     assert_eq!(r.outcome, "retired");
     assert_eq!(r.evidence.unwrap().verdict, Verdict::Skipped);
 }
+
+#[tokio::test]
+async fn a_runner_asks_whether_the_key_was_used_since_its_grace_ended() {
+    let clock = Arc::new(FakeClock::new());
+    let ev = FakeEvidence::new(clock.clone(), Some(Duration::from_secs(10)));
+    *ev.moves_at.lock().unwrap() = Some(at(&clock, 100));
+    clock.sleep(Duration::from_secs(3600)).await;
+    let grace_ended = at(&clock, 95);
+    assert_eq!(check_since(&ev, clock.as_ref(), OLD, grace_ended).await.verdict, Verdict::InUse);
+    let grace_ended = at(&clock, 101);
+    let j = check_since(&ev, clock.as_ref(), OLD, grace_ended).await;
+    assert_eq!(j.verdict, Verdict::Unused, "{j:?}");
+    assert!(j.caveat.is_none(), "an hour covers the sources' lag");
+}
+
+#[tokio::test]
+async fn a_hold_is_a_tag_a_runner_can_read_back() {
+    let bed = Bed::new();
+    let iam = FakeIam(bed.world.clone());
+    record_hold(&iam, bed.clock.as_ref(), USER, OLD).await.unwrap();
+    assert_eq!(bed.world.calls(), vec![format!("tag_key {OLD}")]);
+    let value = format!("{HELD_AT}{}", rekey_trail::time::format(bed.clock.now()));
+    assert_eq!(held_at(&value), Some(bed.clock.now()));
+    assert_eq!(held_at("rekey-deactivate-after-2027-01-15T10:00:00Z"), None);
+}
