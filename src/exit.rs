@@ -18,6 +18,9 @@ pub enum Status {
     Failed,
     /// `audit`: the account has something that needs action (exit 5).
     NeedsAction,
+    /// The targets hold the new key, but the old key is still used by a consumer rekey did not
+    /// move, so it was left Active (a rotation or `retire` held on evidence; exit 6).
+    Held,
 }
 
 impl serde::Serialize for Status {
@@ -36,6 +39,7 @@ impl Status {
             Status::RolledBack => 3,
             Status::Failed => 4,
             Status::NeedsAction => 5,
+            Status::Held => 6,
         }
     }
 
@@ -45,10 +49,11 @@ impl Status {
             match s {
                 Status::Ok => 0,
                 Status::NeedsAction => 1,
-                Status::RolledBack => 2,
-                Status::Refused => 3,
-                Status::Failed => 4,
-                Status::Internal => 5,
+                Status::Held => 2,
+                Status::RolledBack => 3,
+                Status::Refused => 4,
+                Status::Failed => 5,
+                Status::Internal => 6,
             }
         }
         if rank(other) > rank(self) { other } else { self }

@@ -9,12 +9,14 @@
 //! - [`incident`]: `identify → fence → cut over → investigate → report` for a leaked key;
 //! - [`sweep`]: `rekey sweep`, a live read of every Region for what an attacker leaves outside IAM
 //!   (also run by `investigate` and `incident`).
+//! - [`discover`]: where a user's keys are deployed and who uses them, as targets `rotate` accepts.
 //!
 //! Around them: [`cli`] parses and prints, [`aws`] loads the SDK and renders its errors as one line,
 //! [`exit`] says how a command ended, [`progress`] is the shared progress display.
 
 pub mod aws;
 pub mod cli;
+pub mod discover;
 pub mod exit;
 pub mod fleet;
 pub mod incident;

@@ -577,6 +577,30 @@ _ac.IAMRequestBase._create_aws_request = _create_aws_request_raw_form
 # ---- end of rekey sweep patches ---------------------------------------------------------------
 
 
+# ---- rekey discover: Secrets Manager authorises against the secret's ARN ------------------
+# IAM evaluates Secrets Manager actions against the secret's ARN, so a policy can deny one
+# secret (`Deny secretsmanager:GetSecretValue` on `arn:...:secret:locked-AbCdEf`) while the
+# principal reads the others. moto checks every Secrets Manager action against "*", which a
+# statement naming one ARN never matches: such a Deny is ignored and "a secret rekey cannot
+# read" cannot be staged. This resolves the request's SecretId (name or ARN) to its ARN, as IAM
+# does; an unknown secret stays "*" (the action then fails with moto's own not-found error).
+from moto.secretsmanager import responses as _sm_responses  # noqa: E402
+
+
+def _secretsmanager_resource(self):
+    secret_id = self._get_param("SecretId")
+    if not secret_id:
+        return "*"
+    try:
+        return self.backend.secrets[secret_id].arn
+    except Exception:  # not found, or a backend that cannot resolve it: moto's own check
+        return "*"
+
+
+_sm_responses.SecretsManagerResponse._determine_resource = _secretsmanager_resource
+# ---- end rekey discover ----------------------------------------------------------------------
+
+
 if __name__ == "__main__":
     print(f"{_PATCHED} (moto {moto.__version__})", flush=True)
     moto.server.main(sys.argv[1:])

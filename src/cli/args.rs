@@ -74,6 +74,12 @@ pub(crate) enum Command {
     /// instances, open security groups, peerings, shared data, Lambda, SES. Exits 5 when it finds
     /// anything or cannot read everything.
     Sweep(SweepArgs),
+    /// Where a user's keys are deployed (secrets, parameters, Lambda, ECS, files under --path),
+    /// found by value, and who uses them from where. Changes nothing.
+    Discover(DiscoverArgs),
+    /// Deactivate a user's old (not current) key once nothing has used it for --idle; exits 6
+    /// naming the last use when something still does.
+    Retire(RetireArgs),
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +133,49 @@ pub(crate) fn parse_region(s: &str) -> Result<String, String> {
         && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
         && !parts[parts.len() - 1].is_empty();
     if ok { Ok(s.to_string()) } else { Err(format!("{s:?} is not a Region name (write e.g. eu-west-1)")) }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DiscoverArgs {
+    /// The IAM user whose keys are looked for.
+    #[arg(long, required_unless_present = "key", conflicts_with = "key")]
+    pub(crate) user: Option<String>,
+    /// Look for this key only (its owner is looked up), e.g. a leaked one.
+    #[arg(long = "access-key", value_name = "AKIA…", value_parser = crate::trace::parse_key)]
+    pub(crate) key: Option<String>,
+    /// A folder searched for dotenv and AWS credentials/config files (repeatable; bounded depth and
+    /// size, symbolic links not followed).
+    #[arg(long = "path", value_name = "DIR")]
+    pub(crate) paths: Vec<PathBuf>,
+    /// Search this Region (repeatable; default: --region).
+    #[arg(long = "search-region", value_name = "REGION")]
+    pub(crate) regions: Vec<String>,
+    /// List callers seen since then: a duration back from now (30d) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN", value_parser = crate::trace::parse_when, default_value = "30d")]
+    pub(crate) since: std::time::SystemTime,
+    /// CloudTrail logs to find callers in: a folder or s3://bucket/prefix (repeatable).
+    #[arg(long = "logs", value_name = "PATH|s3://BUCKET/PREFIX", value_parser = crate::trace::sources::LogsSpec::parse)]
+    pub(crate) logs: Vec<crate::trace::sources::LogsSpec>,
+    /// Do not read CloudTrail event history (LookupEvents) for callers.
+    #[arg(long)]
+    pub(crate) no_history: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RetireArgs {
+    /// The IAM user whose old key is retired.
+    #[arg(long)]
+    pub(crate) user: String,
+    /// The key to retire (default: the older of the user's two Active keys).
+    #[arg(long, value_name = "AKIA…")]
+    pub(crate) old_key: Option<String>,
+    /// How long the key must have gone unused (default 1h: four times the ~15 min the sources
+    /// may trail real use).
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub(crate) idle: Duration,
+    /// Deactivate without looking at its use.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -225,6 +274,12 @@ pub(crate) struct IncidentArgs {
     /// Do not fence the user while the cutover runs.
     #[arg(long)]
     pub(crate) no_fence: bool,
+    /// Also cut over every place `rekey discover` finds the leaked key in (printed before use).
+    #[arg(long, conflicts_with_all = ["no_cutover", "deactivate_now"])]
+    pub(crate) discover: bool,
+    /// With --discover: a folder searched for dotenv and credentials files (repeatable).
+    #[arg(long = "path", value_name = "DIR", requires = "discover")]
+    pub(crate) paths: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -255,8 +310,21 @@ pub(crate) struct RotateArgs {
     /// Where the key is used, in order (repeatable): secretsmanager:<secret-id>, ecs:[<cluster>/]<service>,
     /// env:<path>, ssm:<parameter>, lambda:<function>, profile:<name>[@<file>] or exec:<command>;
     /// options follow a ?, e.g. env:app.env?id-field=KEY_ID (see the README's table of targets).
-    #[arg(long = "target", value_name = "SPEC", required_unless_present = "own_key")]
+    #[arg(long = "target", value_name = "SPEC", required_unless_present_any = ["own_key", "discover"])]
     pub(crate) targets: Vec<TargetSpec>,
+    /// Also rotate every place `rekey discover` finds the key in (printed before use).
+    #[arg(long)]
+    pub(crate) discover: bool,
+    /// With --discover: a folder searched for dotenv and credentials files (repeatable).
+    #[arg(long = "path", value_name = "DIR", requires = "discover")]
+    pub(crate) paths: Vec<PathBuf>,
+    /// Deactivate the old key even when something rekey did not move still uses it.
+    #[arg(long)]
+    pub(crate) force_deactivate: bool,
+    /// After the grace period, watch the old key this long; a use by anything rekey did not move
+    /// keeps it Active (exit 6).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub(crate) quiet_period: Duration,
     /// Shell command run after the --target just before it is written (and after its rollback).
     #[arg(long = "restart-cmd", value_name = "CMD")]
     pub(crate) restart_cmds: Vec<String>,

@@ -72,7 +72,12 @@ pub async fn main() -> Status {
         Err(e) => {
             // One line: clap's own text adds a usage block and a tip that bury the problem.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid usage").trim_start_matches("error: ");
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("invalid usage").trim_start_matches("error: ").to_string();
+            // "the following required arguments were not provided:" names them on the next line.
+            if first.ends_with(':') {
+                first = format!("{first} {}", lines.next().unwrap_or_default());
+            }
             eprintln!("rekey: {first}; see `rekey --help`");
             return Status::Refused;
         }
@@ -140,17 +145,32 @@ pub async fn main() -> Status {
                 Ok(r) => r,
                 Err(e) => return refuse(json, args.user.as_deref().unwrap_or_default(), &e),
             };
+            let mut targets: Vec<TargetSetting> = args
+                .targets
+                .iter()
+                .cloned()
+                .zip(restart)
+                .map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd })
+                .collect();
+            if args.discover {
+                let Some(user) = args.user.clone() else {
+                    return refuse(
+                        json,
+                        "",
+                        "--discover finds the places of a named user's key; give --user (with --self, name the --target)",
+                    );
+                };
+                let who = crate::discover::Who::User(user.clone());
+                match discovered(&cli, who, args.old_key.as_deref(), &args.paths, &mut targets).await {
+                    Ok(()) => {}
+                    Err(e) => return refuse(json, &user, &e),
+                }
+            }
             let settings = Settings {
                 // With --self, the caller: known once the credentials are loaded.
                 user: args.user.clone().unwrap_or_default(),
                 old_key: args.old_key.clone(),
-                targets: args
-                    .targets
-                    .iter()
-                    .cloned()
-                    .zip(restart)
-                    .map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd })
-                    .collect(),
+                targets,
                 probes: args.probes.clone(),
                 verify: args.waits.verify(),
                 probe: args.waits.probe(),
@@ -161,6 +181,11 @@ pub async fn main() -> Status {
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
                 own_key: args.own_key,
+                retire: crate::rotate::evidence::Retire {
+                    force: args.force_deactivate.then(|| "--force-deactivate".to_string()),
+                    quiet: args.quiet_period,
+                    source: None,
+                },
             };
             run_with_aws(&cli, state_dir, &args.journal, &settings, json, None).await
         }
@@ -170,11 +195,25 @@ pub async fn main() -> Status {
                 Ok(r) => r,
                 Err(e) => return refuse(json, "", &e),
             };
+            let mut targets: Vec<TargetSetting> = args
+                .targets
+                .iter()
+                .cloned()
+                .zip(restart)
+                .map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd })
+                .collect();
+            if args.discover {
+                let key = args.investigate.key.clone();
+                let who = crate::discover::Who::Key(key.clone());
+                if let Err(e) = discovered(&cli, who, Some(&key), &args.paths, &mut targets).await {
+                    return refuse(json, "", &e);
+                }
+            }
             let cutover = if args.no_cutover {
                 crate::incident::run::Cutover::Skip { why: "--no-cutover".into() }
             } else if args.deactivate_now {
                 crate::incident::run::Cutover::DeactivateNow
-            } else if args.targets.is_empty() {
+            } else if targets.is_empty() {
                 crate::incident::run::Cutover::Skip {
                     why: "no --target given to move the consumers to a new key (or --deactivate-now)".into(),
                 }
@@ -182,13 +221,7 @@ pub async fn main() -> Status {
                 crate::incident::run::Cutover::Rotate(Box::new(Settings {
                     user: String::new(),
                     old_key: None,
-                    targets: args
-                        .targets
-                        .iter()
-                        .cloned()
-                        .zip(restart)
-                        .map(|(spec, restart_cmd)| TargetSetting { spec, restart_cmd })
-                        .collect(),
+                    targets,
                     probes: args.probes.clone(),
                     verify: args.waits.verify(),
                     probe: args.waits.probe(),
@@ -199,6 +232,9 @@ pub async fn main() -> Status {
                     verify_regions: args.waits.verify_regions.clone(),
                     defer_deactivation: false,
                     own_key: false,
+                    // The attacker's own calls are exactly "a consumer rekey did not move": the
+                    // leaked key goes off whoever still uses it (discover lists them beforehand).
+                    retire: crate::rotate::evidence::Retire::forced("incident: the leaked key is deactivated"),
                 }))
             };
             incident(&cli, state_dir, &args.investigate, cutover, !args.no_fence, false, json).await
@@ -211,6 +247,8 @@ pub async fn main() -> Status {
         Command::Contain(args) => contain(&cli, args, json).await,
         Command::Audit(args) => audit(&cli, args, json).await,
         Command::Sweep(args) => sweep(&cli, args, json).await,
+        Command::Discover(args) => discover(&cli, args, json).await,
+        Command::Retire(args) => retire(&cli, args, json).await,
         Command::Plan(args) => fleet(&cli, state_dir, &args.config, None, json).await,
         Command::Run(args) => fleet(&cli, state_dir, &args.config, Some(args), json).await,
         Command::Resume(args) => {
@@ -240,6 +278,7 @@ pub async fn main() -> Status {
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
                 own_key: args.own_key,
+                retire: Default::default(),
             };
             run_with_aws(&cli, state_dir, &args.journal, &settings, json, Some(args.rollback)).await
         }
@@ -579,6 +618,14 @@ async fn run_with_aws(
             Err(e) => return refuse(json, &settings.user, &e),
         }
     }
+    if !settings.own_key {
+        // Rotating its own key, rekey must not read the old key's last use signed by the old key
+        // itself: the default source goes through the rotation's IAM, by then signed by the new one.
+        settings
+            .retire
+            .source
+            .get_or_insert_with(|| std::sync::Arc::new(crate::rotate::evidence::AwsEvidence::new(&sdk)));
+    }
     let settings = &settings;
     let journals = match crate::aws::journals(&sdk, state_dir, journal.journal_table.as_deref(), None).await {
         Ok(j) => j,
@@ -602,8 +649,69 @@ async fn run_with_aws(
                 Outcome::RolledBack => Status::RolledBack,
                 Outcome::Failed => Status::Failed,
                 Outcome::Refused => Status::Refused,
+                Outcome::Held => Status::Held,
             }
         }
         Err(Refusal(e)) => refuse(json, &settings.user, &e),
+    }
+}
+
+/// `--discover` on `rotate` and `incident`: the targets `discover` finds for the key, added after
+/// the ones given, then ordered so that stores come before the services that read them.
+async fn discovered(
+    cli: &Cli,
+    who: crate::discover::Who,
+    key: Option<&str>,
+    paths: &[PathBuf],
+    targets: &mut Vec<TargetSetting>,
+) -> Result<(), String> {
+    let sdk = load_sdk(cli).await?;
+    for spec in crate::discover::targets_for(&sdk, who, key, paths.to_vec()).await? {
+        if !targets.iter().any(|t| t.spec.raw == spec.raw) {
+            targets.push(TargetSetting { spec, restart_cmd: None });
+        }
+    }
+    targets.sort_by_key(|t| crate::discover::rank(t.spec.kind));
+    Ok(())
+}
+
+async fn discover(cli: &Cli, args: &DiscoverArgs, json: bool) -> Status {
+    let sdk = match load_sdk(cli).await {
+        Ok(s) => s,
+        Err(e) => return refuse(false, "", &e),
+    };
+    let who = match (&args.user, &args.key) {
+        (_, Some(k)) => crate::discover::Who::Key(k.clone()),
+        (Some(u), None) => crate::discover::Who::User(u.clone()),
+        (None, None) => return refuse(false, "", "give --user or --access-key"),
+    };
+    let settings = crate::discover::Settings {
+        who,
+        paths: args.paths.clone(),
+        regions: args.regions.clone(),
+        since: args.since,
+        logs: args.logs.clone(),
+        history: !args.no_history,
+    };
+    crate::discover::command(&sdk, settings, json).await
+}
+
+async fn retire(cli: &Cli, args: &RetireArgs, json: bool) -> Status {
+    use crate::rotate::evidence::{AwsEvidence, RetireError, RetireSettings, print_retire, retire};
+    let sdk = match load_sdk(cli).await {
+        Ok(s) => s,
+        Err(e) => return refuse(false, "", &e),
+    };
+    let iam = crate::rotate::iam::AwsIam::new(&sdk);
+    let evidence = AwsEvidence::new(&sdk);
+    let settings =
+        RetireSettings { user: args.user.clone(), key: args.old_key.clone(), idle: args.idle, force: args.force };
+    match retire(&iam, &evidence, &crate::rotate::clock::SystemClock, &settings).await {
+        Ok(report) => print_retire(&report, json),
+        Err(RetireError::Refused(e)) => refuse(false, "", &e),
+        Err(RetireError::Failed(e)) => {
+            eprintln!("rekey: {e}");
+            Status::Failed
+        }
     }
 }

@@ -36,6 +36,12 @@ pub(super) fn print_report(r: &Report, json: bool) {
         }
         Outcome::Failed => format!("FAILED and could not roll back fully for {}", r.user),
         Outcome::Refused => format!("refused for {}", r.user),
+        Outcome::Held => format!(
+            "held {}: every target holds {}, but {} stays Active: something rekey did not move still uses it",
+            r.user,
+            key(&r.new_key_id),
+            key(&r.old_key_id)
+        ),
     };
     println!("{headline}");
     if let Some(e) = &r.error {
@@ -54,6 +60,12 @@ pub(super) fn print_report(r: &Report, json: bool) {
         println!("  steps:");
         for s in &r.steps {
             println!("    {:<48} {:<8} {:>8} ms", s.name, s.status, s.duration_ms);
+        }
+    }
+    if let Some(j) = &r.evidence {
+        println!("  old key's use: {}", j.summary());
+        if let Some(c) = &j.caveat {
+            println!("    note: {c}");
         }
     }
     for w in &r.warnings {

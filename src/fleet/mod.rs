@@ -392,6 +392,8 @@ fn settings_for(r: &Rotation, d: &Defaults, opts: &Options, old_key: Option<Stri
         verify_regions: Vec::new(),
         defer_deactivation: !grace.is_zero(),
         own_key: false,
+        // GetAccessKeyLastUsed through the account's own IAM client.
+        retire: Default::default(),
     }
 }
 

@@ -322,3 +322,78 @@ impl Factory for FakeFactory {
         Ok(Box::new(FakeProbe(self.world.clone())))
     }
 }
+
+/// The old key's consumers as evidence sees them: one caller that signs every `every` from the
+/// fake clock's start until it moves to the new key (`moves_at`), or never calls when `every` is
+/// `None`. Last-used reports it by service and Region, event history by address and agent.
+pub struct FakeEvidence {
+    pub clock: Arc<FakeClock>,
+    pub every: Option<Duration>,
+    pub moves_at: Mutex<Option<SystemTime>>,
+    /// `GetAccessKeyLastUsed` is denied.
+    pub unreadable: bool,
+    /// Event history can be read and names the caller.
+    pub history: bool,
+}
+
+impl FakeEvidence {
+    pub fn new(clock: Arc<FakeClock>, every: Option<Duration>) -> Self {
+        FakeEvidence { clock, every, moves_at: Mutex::new(None), unreadable: false, history: false }
+    }
+
+    /// The caller's last call so far, and how many it made.
+    fn last_call(&self) -> Option<(SystemTime, u64)> {
+        let every = self.every?;
+        let now = self.clock.now();
+        let start = now - self.clock.elapsed();
+        let stop = lock(&self.moves_at).map_or(now, |m| m.min(now));
+        let n = stop.duration_since(start).ok()?.as_nanos() / every.as_nanos();
+        Some((start + every * n as u32, n as u64 + 1))
+    }
+}
+
+#[async_trait]
+impl crate::rotate::evidence::Evidence for FakeEvidence {
+    async fn last_used(&self, _key_id: &str) -> Result<Option<crate::rotate::evidence::Use>, String> {
+        if self.unreadable {
+            return Err("access denied: iam:GetAccessKeyLastUsed".into());
+        }
+        Ok(self
+            .last_call()
+            .map(|(at, _)| crate::rotate::evidence::Use::last_used(at, Some("sts".into()), Some("eu-west-2".into()))))
+    }
+
+    async fn history(
+        &self,
+        _key_id: &str,
+        since: SystemTime,
+        _hint: Option<&str>,
+    ) -> (Vec<crate::rotate::evidence::Use>, Vec<crate::rotate::evidence::SourceCheck>) {
+        if !self.history {
+            return (Vec::new(), Vec::new());
+        }
+        let check = crate::rotate::evidence::SourceCheck {
+            source: "event-history",
+            ok: true,
+            status: "eu-west-2: ok".into(),
+            as_of: rekey_trail::time::format(self.clock.now()),
+            lag_secs: 900,
+        };
+        let uses = self
+            .last_call()
+            .filter(|(at, _)| *at >= since)
+            .map(|(at, calls)| crate::rotate::evidence::Use {
+                source_ip: Some("203.0.113.9".into()),
+                user_agent: Some("nightly-report/2.1 aws-sdk-go/1.44".into()),
+                region: Some("eu-west-2".into()),
+                service: Some("sts".into()),
+                last_seen: rekey_trail::time::format(at),
+                at,
+                calls,
+                seen_in: "event-history",
+            })
+            .into_iter()
+            .collect();
+        (uses, vec![check])
+    }
+}

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::progress::Progress;
 use crate::rotate::clock::Clock;
+use crate::rotate::evidence::{self, Judgement, Retire};
 use crate::rotate::iam::{Iam, IamError, KeyCheck, KeyStatus, Signer};
 use crate::rotate::journal::{
     Begin, Event, Journal, JournalError, Journals, Outcome, Phase, State, StepState, TargetRecord,
@@ -45,6 +46,9 @@ pub struct Settings {
     pub defer_deactivation: bool,
     /// `rotate --self`: the user is the caller, whose own key is rotated (see `aws::own_key`).
     pub own_key: bool,
+    /// Before deactivating, look for uses of the old key by consumers rekey did not move, and hold
+    /// it Active when there are (outcome `held`); see [`evidence`].
+    pub retire: Retire,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +133,9 @@ pub struct Report {
     pub left: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What was checked about the old key's use before deactivating it, and what it showed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Judgement>,
 }
 
 impl Report {
@@ -138,6 +145,7 @@ impl Report {
             "rolled_back" => Outcome::RolledBack,
             "planned" => Outcome::Planned,
             "refused" => Outcome::Refused,
+            "held" => Outcome::Held,
             _ => Outcome::Failed,
         }
     }
@@ -155,6 +163,7 @@ impl Report {
             error: Some(error.to_string()),
             left: Vec::new(),
             warnings: Vec::new(),
+            evidence: None,
         }
     }
 }
@@ -200,6 +209,8 @@ struct Run<'a> {
     steps: Vec<StepReport>,
     warnings: Vec<String>,
     changes: Vec<Vec<String>>,
+    /// The check of the old key's use before deactivation, once made.
+    evidence: Option<Judgement>,
 }
 
 /// Rotate one user's key. Ctrl-C (or any `interrupt`) rolls back.
@@ -246,6 +257,7 @@ pub async fn rotate(
         steps: vec![preflight_step],
         warnings: plan.warnings,
         changes: plan.changes,
+        evidence: None,
     };
 
     let forward = tokio::select! {
@@ -293,7 +305,8 @@ pub async fn resume(
         probes.push(fx.factory.probe(url).map_err(Refusal)?);
     }
     let changes = vec![Vec::new(); targets.len()];
-    let mut run = Run { fx, journal, targets, probes, steps: Vec::new(), warnings: Vec::new(), changes };
+    let mut run =
+        Run { fx, journal, targets, probes, steps: Vec::new(), warnings: Vec::new(), changes, evidence: None };
     tracing::info!(user, last_step = %state.last_step(), "resuming the rotation journaled in {}", run.journal.path().display());
 
     if let Some(outcome) = state.ended {
@@ -325,7 +338,7 @@ pub async fn resume(
         return Ok(run.roll_back(Failure::new("resume", why)).await);
     }
     let forward = tokio::select! {
-        r = run.finish_forward(settings.probe.clone(), begin.delete_old, Duration::from_secs(begin.grace_secs)) => r,
+        r = run.finish_forward(settings.probe.clone(), begin.delete_old, Duration::from_secs(begin.grace_secs), &settings.retire) => r,
         () = interrupt => Err(Failure::new("interrupted", "interrupted by the user (Ctrl-C)")),
     };
     Ok(match forward {
@@ -562,7 +575,7 @@ impl Run<'_> {
         if s.defer_deactivation {
             self.probe_then_defer(&s.probe, s.grace).await
         } else {
-            self.finish_forward(s.probe.clone(), s.delete_old, s.grace).await
+            self.finish_forward(s.probe.clone(), s.delete_old, s.grace, &s.retire).await
         }
     }
 
@@ -599,7 +612,13 @@ impl Run<'_> {
 
     /// Probe, wait out the grace period, deactivate the old key: the part of the forward path that
     /// needs no secret, which is why `resume` can run it too.
-    async fn finish_forward(&mut self, probe: Streak, delete_old: bool, grace: Duration) -> Result<(), Failure> {
+    async fn finish_forward(
+        &mut self,
+        probe: Streak,
+        delete_old: bool,
+        grace: Duration,
+        retire: &Retire,
+    ) -> Result<(), Failure> {
         if self.state().probe != StepState::Done {
             let t = Instant::now();
             self.record(Event::Probe { phase: Phase::Begin }).await?;
@@ -627,8 +646,16 @@ impl Run<'_> {
             self.step("grace", "ok", t);
         }
 
-        let t = Instant::now();
         let (user, old) = (self.user(), self.state().begin.old_key_id.clone());
+        // Retire on evidence: a consumer nobody listed may still sign with the old key.
+        let judgement = evidence::before_deactivation(retire, self.fx.iam, self.fx.clock, &user, &old).await;
+        let held = judgement.holds();
+        self.evidence = Some(judgement);
+        if held {
+            return Ok(());
+        }
+
+        let t = Instant::now();
         self.record(Event::Deactivate { key_id: old.clone(), phase: Phase::Begin }).await?;
         self.fx
             .iam
@@ -695,7 +722,16 @@ impl Run<'_> {
             Some(KeyStatus::Active)
         };
         let statuses = vec!["updated"; self.targets.len()];
-        self.finish_journal(Outcome::Rotated, error, old_status, statuses, left).await
+        match self.evidence.as_ref().filter(|j| j.holds()) {
+            Some(j) => {
+                // Not cleanup left undone (which keeps the journal open): the next step, for a person.
+                let hold = evidence::left_after_hold(j, &self.user());
+                let mut report = self.finish_journal(Outcome::Held, error, old_status, statuses, left).await;
+                report.left.extend(hold);
+                report
+            }
+            None => self.finish_journal(Outcome::Rotated, error, old_status, statuses, left).await,
+        }
     }
 
     /// Drops what every target kept for rollback; what could not be dropped, one line each.
@@ -871,7 +907,7 @@ impl Run<'_> {
             self.warnings.push(format!("could not close the journal: {}", e.error));
         }
         let state = self.journal.state().clone();
-        let Run { journal, targets, steps, mut warnings, changes, .. } = self;
+        let Run { journal, targets, steps, mut warnings, changes, evidence, .. } = self;
         let mut journal_path = journal.path().to_path_buf();
         // `left` is cleanup that failed: a leftover copy of a secret. The journal stays open, so that
         // `resume` tries again and no new rotation starts over it.
@@ -886,7 +922,7 @@ impl Run<'_> {
                 Err(e) => warnings.push(format!("could not archive the journal: {e}")),
             }
         }
-        let parts = ReportParts { steps, warnings, changes, targets, statuses, left, journal: journal_path };
+        let parts = ReportParts { steps, warnings, changes, targets, statuses, left, journal: journal_path, evidence };
         parts.into_report(&state, outcome, error, old_key_status)
     }
 
@@ -899,9 +935,9 @@ impl Run<'_> {
         left: Vec<String>,
     ) -> Report {
         let state = self.journal.state().clone();
-        let Run { journal, targets, steps, warnings, changes, .. } = self;
-        let parts =
-            ReportParts { steps, warnings, changes, targets, statuses, left, journal: journal.path().to_path_buf() };
+        let Run { journal, targets, steps, warnings, changes, evidence, .. } = self;
+        let journal = journal.path().to_path_buf();
+        let parts = ReportParts { steps, warnings, changes, targets, statuses, left, journal, evidence };
         parts.into_report(&state, Outcome::Failed, Some(error), old_key_status)
     }
 }
@@ -914,6 +950,7 @@ struct ReportParts {
     statuses: Vec<&'static str>,
     left: Vec<String>,
     journal: PathBuf,
+    evidence: Option<Judgement>,
 }
 
 impl ReportParts {
@@ -942,6 +979,7 @@ impl ReportParts {
             error,
             left: self.left,
             warnings: self.warnings,
+            evidence: self.evidence,
         }
     }
 }
@@ -986,6 +1024,7 @@ fn planned_report(s: &Settings, plan: &Plan, preflight: StepReport) -> Report {
         error: None,
         left: Vec::new(),
         warnings: plan.warnings.clone(),
+        evidence: None,
     }
 }
 

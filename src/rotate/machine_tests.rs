@@ -48,6 +48,7 @@ impl Bed {
             verify_regions: Vec::new(),
             defer_deactivation: false,
             own_key: false,
+            retire: Default::default(),
         }
     }
 

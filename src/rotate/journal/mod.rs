@@ -51,6 +51,9 @@ pub enum Outcome {
     Failed,
     Planned,
     Refused,
+    /// Every target holds the new key; the old key stays Active because something rekey did not
+    /// move still uses it (see `rotate::evidence`).
+    Held,
 }
 
 impl Outcome {
@@ -61,6 +64,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Planned => "planned",
             Outcome::Refused => "refused",
+            Outcome::Held => "held",
         }
     }
 }
