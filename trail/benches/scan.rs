@@ -1295,6 +1295,8 @@ struct Run {
     too_large: u64,
     skipped: u64,
     elapsed: f64,
+    /// CPU seconds of the scan's process, all threads.
+    cpu: f64,
     peak_rss_kb: u64,
 }
 
@@ -1302,6 +1304,20 @@ impl Run {
     fn mbps(&self) -> f64 {
         self.bytes_scanned as f64 / 1e6 / self.elapsed
     }
+
+    /// MB per CPU second: what other work on the machine disturbs least.
+    fn mb_per_cpu_s(&self) -> f64 {
+        self.bytes_scanned as f64 / 1e6 / self.cpu.max(1e-3)
+    }
+}
+
+/// CPU seconds this process has used so far, all threads (user and system).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) end with ')'.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn status_kb(field: &str) -> u64 {
@@ -1320,6 +1336,7 @@ fn child() {
     let mut query = Query::new(vec![key]);
     query.follow = std::env::var("REKEY_BENCH_FOLLOW").is_ok_and(|v| v == "1");
     let source = LocalSource::new(root);
+    let cpu_before = cpu_seconds();
     let mut out = String::new();
     let summary = scan(&[&source], &query, &mut |m| {
         let _ = writeln!(out, "match\t{}\t{}", m.event_id.unwrap_or_default(), m.chain.join(","));
@@ -1330,14 +1347,15 @@ fn child() {
     }
     let _ = writeln!(
         out,
-        "summary\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        "summary\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
         summary.bytes_scanned,
         summary.files,
         summary.rescanned,
         summary.too_large,
         summary.corrupt.len(),
         summary.elapsed.as_secs_f64(),
-        status_kb("VmHWM:")
+        status_kb("VmHWM:"),
+        cpu_seconds() - cpu_before
     );
     std::io::stdout().write_all(out.as_bytes()).expect("stdout");
 }
@@ -1363,6 +1381,7 @@ fn run_child(root: &Path, key: &str, follow: bool) -> Run {
         too_large: 0,
         skipped: 0,
         elapsed: 0.0,
+        cpu: 0.0,
         peak_rss_kb: 0,
     };
     for line in text.lines() {
@@ -1380,6 +1399,7 @@ fn run_child(root: &Path, key: &str, follow: bool) -> Run {
                 run.skipped = f[5].parse().expect("skipped");
                 run.elapsed = f[6].parse().expect("elapsed");
                 run.peak_rss_kb = f[7].parse().expect("rss");
+                run.cpu = f[8].parse().expect("cpu");
             }
             _ => {}
         }
@@ -1431,15 +1451,16 @@ fn checked_run(trail: &Trail, follow: bool) -> Run {
     r
 }
 
-/// Keep the faster run (and the highest peak memory seen).
-fn keep_best(best: &mut Option<(Run, u64)>, run: Run) {
+/// Keep the faster run, the highest peak memory seen, and the least CPU per MB seen.
+fn keep_best(best: &mut Option<(Run, u64, f64)>, run: Run) {
     let peak = run.peak_rss_kb.max(best.as_ref().map_or(0, |b| b.1));
+    let cpu_rate = run.mb_per_cpu_s().max(best.as_ref().map_or(0.0, |b| b.2));
     match best {
-        Some((b, _)) if b.elapsed <= run.elapsed => {}
-        _ => *best = Some((run, peak)),
+        Some((b, _, _)) if b.elapsed <= run.elapsed => {}
+        _ => *best = Some((run, peak, cpu_rate)),
     }
     if let Some(b) = best {
-        b.1 = peak;
+        (b.1, b.2) = (peak, cpu_rate);
     }
 }
 
@@ -1457,10 +1478,12 @@ enum Inflate {
     Libdeflate,
 }
 
-/// Reading and decompressing alone, on `threads` threads: the ceiling for any scan.
-fn decompress_only(trail: &Trail, threads: usize, how: Inflate) -> f64 {
+/// Reading and decompressing alone, on `threads` threads: the ceiling for any scan. MB/s, and MB
+/// per CPU second.
+fn decompress_only(trail: &Trail, threads: usize, how: Inflate) -> (f64, f64) {
     let next = AtomicUsize::new(0);
     let started = Instant::now();
+    let cpu_before = cpu_seconds();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -1488,7 +1511,8 @@ fn decompress_only(trail: &Trail, threads: usize, how: Inflate) -> f64 {
             });
         }
     });
-    trail.stats.json_bytes as f64 / 1e6 / started.elapsed().as_secs_f64()
+    let mb = trail.stats.json_bytes as f64 / 1e6;
+    (mb / started.elapsed().as_secs_f64(), mb / (cpu_seconds() - cpu_before).max(1e-3))
 }
 
 struct JqRun {
@@ -1666,8 +1690,9 @@ fn main() {
     // Every figure once a round, so that all of them see the same conditions (other work on the
     // machine comes and goes); the best of the rounds is kept for each.
     let threads = cores.max(1);
-    let mut scans: [Option<(Run, u64)>; 2] = [None, None];
+    let mut scans: [Option<(Run, u64, f64)>; 2] = [None, None];
     let mut floor = [0f64; 4];
+    let mut floor_cpu = [0f64; 4];
     for _ in 0..runs {
         for (i, follow) in [false, true].into_iter().enumerate() {
             keep_best(&mut scans[i], checked_run(&trail, follow));
@@ -1678,14 +1703,15 @@ fn main() {
             decompress_only(&trail, 1, Inflate::Libdeflate),
             decompress_only(&trail, threads, Inflate::Libdeflate),
         ];
-        for (best, m) in floor.iter_mut().zip(measured) {
-            *best = best.max(m);
+        for (i, (wall, cpu)) in measured.into_iter().enumerate() {
+            floor[i] = floor[i].max(wall);
+            floor_cpu[i] = floor_cpu[i].max(cpu);
         }
     }
     let mut rows = Vec::new();
     let mut results = Vec::new();
     for (follow, scan) in [false, true].into_iter().zip(scans) {
-        let (run, peak) = scan.expect("at least one run");
+        let (run, peak, cpu_rate) = scan.expect("at least one run");
         eprintln!(
             "  follow={follow}: {:.0} MB/s, {:.2} s, {} matches, {} re-read, peak RSS {:.1} MB",
             run.mbps(),
@@ -1700,15 +1726,14 @@ fn main() {
             format!("{} (1 key)", run.matches.len())
         };
         rows.push(format!(
-            "| {:.0} MB, {} files | `rekey-trail` {} | **{:.0}** | {:.0} | {:.1} | {what}, all as planted |",
+            "| {:.0} MB, {} files | `rekey-trail` {} | **{:.0}** | {cpu_rate:.0} | {:.1} | {what}, all as planted |",
             s.json_bytes as f64 / 1e6,
             s.files,
             if follow { "`--follow`" } else { "single key" },
             run.mbps(),
-            run.files as f64 / run.elapsed,
             peak as f64 / 1024.0,
         ));
-        results.push((run.mbps(), run.rescanned, peak));
+        results.push((run.mbps(), run.rescanned, peak, cpu_rate));
     }
     let hostile_run = run_child(&hostile_dir, HOSTILE_KEY, true);
     assert_eq!(hostile_run.too_large, over_limit, "the files over the limit are skipped");
@@ -1723,7 +1748,7 @@ fn main() {
 
     let (single, follow) = (results[0].0, results[1].0);
     let mut table = String::new();
-    let _ = writeln!(table, "| input (uncompressed JSON) | method | MB/s | files/s | peak RSS MB | matches |");
+    let _ = writeln!(table, "| input (uncompressed JSON) | method | MB/s | MB per CPU-s | peak RSS MB | matches |");
     let _ = writeln!(table, "|---|---|---|---|---|---|");
     for r in &rows {
         let _ = writeln!(table, "{r}");
@@ -1733,13 +1758,12 @@ fn main() {
         Ok(j) => {
             let _ = writeln!(
                 table,
-                "| {:.0} MB, {} files (every {}th of the trail) | `zcat \\| jq` single key | {:.0} ({:.0}x slower) | {:.0} | - | {} |",
+                "| {:.0} MB, {} files (every {}th of the trail) | `zcat \\| jq` single key | {:.0} ({:.0}x slower) | | - | {} |",
                 j.mb,
                 j.files,
                 (trail.files.len() as f64 / j.files as f64).round(),
                 j.mbps,
                 single / j.mbps,
-                j.files as f64 / (j.mb / j.mbps),
                 j.matches
             );
         }
@@ -1749,13 +1773,13 @@ fn main() {
     }
     let _ = writeln!(
         table,
-        "| {json_mb:.0} MB | decompression alone, zlib-rs, 1 / {threads} threads | {:.0} / {:.0} | | | |",
-        floor[0], floor[1]
+        "| {json_mb:.0} MB | decompression alone, zlib-rs, 1 / {threads} threads | {:.0} / {:.0} | {:.0} / {:.0} | | |",
+        floor[0], floor[1], floor_cpu[0], floor_cpu[1]
     );
     let _ = writeln!(
         table,
-        "| {json_mb:.0} MB | decompression alone, libdeflate, 1 / {threads} threads | {:.0} / {:.0} | | | |",
-        floor[2], floor[3]
+        "| {json_mb:.0} MB | decompression alone, libdeflate, 1 / {threads} threads | {:.0} / {:.0} | {:.0} / {:.0} | | |",
+        floor[2], floor[3], floor_cpu[2], floor_cpu[3]
     );
     let _ = writeln!(
         table,
@@ -1765,10 +1789,13 @@ fn main() {
     );
     println!();
     println!("{table}");
+    let (single_cpu, follow_cpu) = (results[0].3, results[1].3);
     println!(
-        "Scanner at {:.0}% (single key) and {:.0}% (--follow) of the libdeflate decompression floor on {threads} threads.",
+        "Scanner at {:.0}% (single key) and {:.0}% (--follow) of the libdeflate decompression floor on {threads} threads; per CPU second, {:.0}% and {:.0}% of it.",
         single / floor[3] * 100.0,
-        follow / floor[3] * 100.0
+        follow / floor[3] * 100.0,
+        single_cpu / floor_cpu[3] * 100.0,
+        follow_cpu / floor_cpu[3] * 100.0
     );
     println!(
         "Best of {runs} interleaved rounds; {cores} cores; load average before {load_before}, after {load_after}; seed {seed}; trail {:.1}x gzip, {:.2} KB/record.",
@@ -1776,7 +1803,7 @@ fn main() {
         s.json_bytes as f64 / s.records as f64 / 1e3
     );
     println!(
-        "BENCH_SUMMARY cores={cores} load_before=\"{load_before}\" load_after=\"{load_after}\" mb={json_mb:.0} files={} single_mbps={single:.0} follow_mbps={follow:.0} rereads={} files_holding_minted_keys={chain_files} zlibrs_mbps_1t={:.0} zlibrs_mbps={:.0} libdeflate_mbps_1t={:.0} libdeflate_mbps={:.0} single_of_floor={:.2} follow_of_floor={:.2} jq_mbps={} peak_rss_mb={:.1} hostile_peak_rss_mb={hostile_peak:.1} matches_checked=ok",
+        "BENCH_SUMMARY cores={cores} load_before=\"{load_before}\" load_after=\"{load_after}\" mb={json_mb:.0} files={} single_mbps={single:.0} follow_mbps={follow:.0} rereads={} files_holding_minted_keys={chain_files} zlibrs_mbps_1t={:.0} zlibrs_mbps={:.0} libdeflate_mbps_1t={:.0} libdeflate_mbps={:.0} single_of_floor={:.2} follow_of_floor={:.2} single_of_floor_cpu={:.2} follow_of_floor_cpu={:.2} jq_mbps={} peak_rss_mb={:.1} hostile_peak_rss_mb={hostile_peak:.1} matches_checked=ok",
         s.files,
         results[1].1,
         floor[0],
@@ -1785,6 +1812,8 @@ fn main() {
         floor[3],
         single / floor[3],
         follow / floor[3],
+        single_cpu / floor_cpu[3],
+        follow_cpu / floor_cpu[3],
         jq.as_ref().map_or("na".to_string(), |j| format!("{:.0}", j.mbps)),
         results.iter().map(|r| r.2).max().unwrap_or(0) as f64 / 1024.0,
     );
