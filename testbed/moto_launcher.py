@@ -5,7 +5,7 @@ between moto's auth enforcement and real AWS that would otherwise make a zero-do
 test pass for the wrong reason or fail to see the error code at all: inactive keys,
 auth error shapes, Lambda GET signatures, IAM condition evaluation (patch 5, which
 also lets a test choose its caller's aws:SourceIp with an X-Forwarded-For header), and
-user-scoped IAM resources with policy variables (patch 6).
+user-scoped IAM resources with policy variables (patch 10).
 
 Usage: python moto_launcher.py [moto_server args...]
 """
@@ -353,7 +353,7 @@ def _statement_is_action_permitted(
     return _ac.PermissionResult.DENIED
 
 
-# 6. IAM scopes its user actions to the user's ARN and substitutes policy variables; moto
+# 10. IAM scopes its user actions to the user's ARN and substitutes policy variables; moto
 #    authorizes every IAM call against "*" and matches `${aws:username}` literally, so a
 #    self-service policy (`"Resource": "arn:aws:iam::*:user/${aws:username}"`) allows
 #    nothing and a test of `rekey rotate --self` under it could not run. This gives the

@@ -1,6 +1,6 @@
 //! `rekey rotate --self`: a developer rotates the key in their own credentials profile, signed by
 //! that key alone under the self-service policy of `deploy/iam-policy-self.json`, which the
-//! emulator evaluates with `${aws:username}` (launcher patch 6).
+//! emulator evaluates with `${aws:username}` (launcher patch 10).
 
 mod support;
 
@@ -155,12 +155,14 @@ async fn a_failure_after_the_new_key_exists_rolls_back_with_the_old_key() {
     assert_eq!(keys_of(&moto, &s.admin, DEV).await, vec![(dev.access_key_id.clone(), "Active".to_string())]);
 }
 
-/// Journal record 10 is the target's apply done (the file holds the new key, the old one is
-/// Active); record 12 is its consumers step done, after which the rotation can be finished.
+/// Journal record 11 is the target's apply done (the file holds the new key, the old one is
+/// Active); record 13 is its consumers step done, after which the rotation can be finished. The
+/// test checks the last journaled event, so a renumbering fails here loudly rather than testing
+/// another crash point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_file_is_written_is_finished_or_undone_by_resume_self() {
     let moto = Moto::start();
-    for (crash_after, outcome) in [("12", "rotated"), ("10", "rolled_back")] {
+    for (crash_after, outcome, last_event) in [("13", "rotated", "consumers"), ("11", "rolled_back", "apply")] {
         let s = seed(&moto).await;
         let dev = dev_user(&moto, &s.admin).await;
         let dir = state_dir();
@@ -171,6 +173,12 @@ async fn a_crash_after_the_file_is_written_is_finished_or_undone_by_resume_self(
         args.extend(FAST);
         let out = rekey_with_crash(&moto, &file, dir.path(), &args, crash_after).await;
         assert_ne!(out.code, 0, "the process aborted: {}", out.stderr);
+        let journal = journal_text(dir.path());
+        let last = journal.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&format!("\"{last_event}\"")) && last.contains("done"),
+            "record {crash_after} is not the {last_event} step done: {last}"
+        );
         let holding = default_key(&file);
         assert_ne!(holding.access_key_id, dev.access_key_id, "the file was written before record {crash_after}");
 
