@@ -37,6 +37,16 @@ fn credentials_file(dir: &Path, dev: &Creds, other: &Creds) -> PathBuf {
 
 /// Runs rekey with credentials from the file only (no key in the environment), as a developer does.
 async fn rekey_from_profile(moto: &Moto, creds_file: &Path, state: &Path, args: &[&str]) -> Output {
+    rekey_from_profile_env(moto, creds_file, state, args, &[]).await
+}
+
+async fn rekey_from_profile_env(
+    moto: &Moto,
+    creds_file: &Path,
+    state: &Path,
+    args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rekey"));
     cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in moto.env_for(&Creds::new("unused", "unused")) {
@@ -44,7 +54,7 @@ async fn rekey_from_profile(moto: &Moto, creds_file: &Path, state: &Path, args: 
             cmd.env(k, v);
         }
     }
-    cmd.env("AWS_SHARED_CREDENTIALS_FILE", creds_file).env("HOME", state);
+    cmd.env("AWS_SHARED_CREDENTIALS_FILE", creds_file).env("HOME", state).envs(extra_env.iter().copied());
     cmd.arg("--state-dir").arg(state).args(args).stdin(std::process::Stdio::null());
     let out = cmd.output().await.expect("rekey runs");
     Output {
@@ -171,7 +181,8 @@ async fn a_crash_after_the_file_is_written_is_finished_or_undone_by_resume_self(
         moto.set_auth(true).await;
         let mut args = vec!["rotate", "--self"];
         args.extend(FAST);
-        let out = rekey_with_crash(&moto, &file, dir.path(), &args, crash_after).await;
+        let out =
+            rekey_from_profile_env(&moto, &file, dir.path(), &args, &[("REKEY_TEST_CRASH_AFTER", crash_after)]).await;
         assert_ne!(out.code, 0, "the process aborted: {}", out.stderr);
         let journal = journal_text(dir.path());
         let last = journal.lines().last().unwrap_or_default();
@@ -197,24 +208,6 @@ async fn a_crash_after_the_file_is_written_is_finished_or_undone_by_resume_self(
             assert_eq!(std::fs::read(&file).unwrap(), before, "the file is restored byte for byte");
             assert_eq!(keys, vec![(dev.access_key_id.clone(), "Active".to_string())]);
         }
-    }
-}
-
-async fn rekey_with_crash(moto: &Moto, creds_file: &Path, state: &Path, args: &[&str], after: &str) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rekey"));
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in moto.env_for(&Creds::new("unused", "unused")) {
-        if !k.starts_with("AWS_ACCESS_KEY_ID") && !k.starts_with("AWS_SECRET_ACCESS_KEY") {
-            cmd.env(k, v);
-        }
-    }
-    cmd.env("AWS_SHARED_CREDENTIALS_FILE", creds_file).env("HOME", state).env("REKEY_TEST_CRASH_AFTER", after);
-    cmd.arg("--state-dir").arg(state).args(args).stdin(std::process::Stdio::null());
-    let out = cmd.output().await.expect("rekey runs");
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
