@@ -4,8 +4,9 @@ Written against moto 5.2.5 (scripts/install-moto.sh pins it). Each patch closes 
 between moto's auth enforcement and real AWS that would otherwise make a zero-downtime
 test pass for the wrong reason or fail to see the error code at all: inactive keys,
 auth error shapes, Lambda GET signatures, IAM condition evaluation (patch 5, which
-also lets a test choose its caller's aws:SourceIp with an X-Forwarded-For header), and
-user-scoped IAM resources with policy variables (patch 10).
+also lets a test choose its caller's aws:SourceIp with an X-Forwarded-For header),
+user-scoped IAM resources with policy variables (patch 10), and atomic DynamoDB conditional
+writes (patch 15).
 
 Usage: python moto_launcher.py [moto_server args...]
 """
@@ -599,6 +600,32 @@ def _secretsmanager_resource(self):
 
 _sm_responses.SecretsManagerResponse._determine_resource = _secretsmanager_resource
 # ---- end rekey discover ----------------------------------------------------------------------
+
+
+# 15. DynamoDB makes a conditional write atomic: of two PutItems conditioned on
+#     attribute_not_exists(pk) that race, exactly one succeeds. moto's threaded server checks the
+#     condition and writes the item without a lock, so two concurrent `rekey run`s could both
+#     take the same user's lock and rotate it twice (LimitExceeded on the second CreateAccessKey).
+#     One lock around every DynamoDB write restores the guarantee the lock table relies on.
+import functools  # noqa: E402
+import threading  # noqa: E402
+
+from moto.dynamodb.models import DynamoDBBackend as _DynamoDBBackend  # noqa: E402
+
+_DYNAMODB_WRITE_LOCK = threading.RLock()
+
+
+def _atomic(method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with _DYNAMODB_WRITE_LOCK:
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+for _name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+    setattr(_DynamoDBBackend, _name, _atomic(getattr(_DynamoDBBackend, _name)))
 
 
 if __name__ == "__main__":

@@ -579,6 +579,16 @@ async fn one_user(
     interrupt: impl Future<Output = ()>,
 ) -> UserResult {
     let user = r.user.as_str();
+    // A user with nothing to do is not locked at all: a second run going over the same config at the
+    // same time then reports it as not due, as it is, rather than as "skipped, locked by" the first.
+    // The check is repeated under the lock, which is what decides.
+    if let Ok(keys) = read_keys(account, user).await {
+        let pending = deferred(&keys, r.delete_after(defaults)).iter().any(|d| d.at <= SystemTime::now());
+        let d = due(&keys, r.max_age(defaults), started);
+        if !pending && d.key.is_none() {
+            return UserResult::new(&account.id, user, "not_due", d.reason);
+        }
+    }
     let guard = match lock.acquire(&account.id, user, &opts.owner, opts.lock_ttl).await {
         Ok(Acquired::Got(g)) => g,
         Ok(Acquired::Held(holder)) => return UserResult::new(&account.id, user, "skipped", holder.to_string()),
