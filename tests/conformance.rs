@@ -15,6 +15,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use testbed::moto::{Moto, MotoOptions, seed};
 
+mod support;
+use support::tiny_zip;
+
 /// What the suite rotates to. The secret is unique, so finding it in a snapshot means a leak.
 fn new_key() -> NewKey {
     NewKey::new("AKIACONFORMANCE0NEW1", SecretString::from("conformance/New+Secret0123456789abcdefXY".to_string()))
@@ -679,42 +682,6 @@ impl Fixture for LambdaFixture {
             .map(|v| format!("version {:?}: {:?}", v.version(), v.description()))
             .collect()
     }
-}
-
-/// A zip holding one file, stored uncompressed: enough for CreateFunction.
-fn tiny_zip(name: &str, content: &[u8]) -> Vec<u8> {
-    let mut crc = flate2::Crc::new();
-    crc.update(content);
-    let (crc, size, name_len) = (crc.sum(), content.len() as u32, name.len() as u16);
-    let mut local = Vec::new();
-    local.extend(0x0403_4b50u32.to_le_bytes());
-    local.extend([20u16, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()));
-    local.extend(crc.to_le_bytes());
-    local.extend(size.to_le_bytes());
-    local.extend(size.to_le_bytes());
-    local.extend(name_len.to_le_bytes());
-    local.extend(0u16.to_le_bytes());
-    local.extend(name.as_bytes());
-    local.extend(content);
-    let mut central = Vec::new();
-    central.extend(0x0201_4b50u32.to_le_bytes());
-    central.extend([20u16, 20, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()));
-    central.extend(crc.to_le_bytes());
-    central.extend(size.to_le_bytes());
-    central.extend(size.to_le_bytes());
-    central.extend(name_len.to_le_bytes());
-    central.extend([0u16, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()));
-    central.extend(0u32.to_le_bytes());
-    central.extend(0u32.to_le_bytes());
-    central.extend(name.as_bytes());
-    let mut zip = local.clone();
-    zip.extend(&central);
-    zip.extend(0x0605_4b50u32.to_le_bytes());
-    zip.extend([0u16, 0, 1, 1].iter().flat_map(|v| v.to_le_bytes()));
-    zip.extend((central.len() as u32).to_le_bytes());
-    zip.extend((local.len() as u32).to_le_bytes());
-    zip.extend(0u16.to_le_bytes());
-    zip
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
