@@ -88,12 +88,13 @@ pub const WAITS: &[&str] = &["--verify-successes", "2", "--probe-successes", "2"
 pub const FAST: &[&str] =
     &["--verify-successes", "2", "--probe-successes", "2", "--check-interval", "200ms", "--quiet-period", "2s"];
 
-/// Every file under the state folder (journals, active and archived).
+/// Every journal under the state folder, active and archived (not the `.owner` file that names the
+/// process holding an active one).
 pub fn journal_text(state_dir: &Path) -> String {
     let mut text = String::new();
     for dir in ["active", "history"] {
         if let Ok(entries) = std::fs::read_dir(state_dir.join(dir)) {
-            for e in entries.flatten() {
+            for e in entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "jsonl")) {
                 text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
             }
         }
