@@ -383,6 +383,10 @@ fn deploy_json_files_parse() {
             "dynamodb:GetItem",
             "dynamodb:PutItem",
             "dynamodb:DeleteItem",
+            // The journal table: a running rotation renews its owner lease with UpdateItem.
+            "dynamodb:UpdateItem",
+            "dynamodb:Query",
+            "dynamodb:Scan",
             "sts:AssumeRole",
         ]
         .map(String::from),

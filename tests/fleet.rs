@@ -475,3 +475,66 @@ async fn bench_fleet_concurrency() {
     }
     eprintln!("BENCH speedup concurrency 8 vs 1: {:.2}x", times[0] / times[1]);
 }
+
+/// Issue 13 item 8: a rotation that deferred its deactivation and is then rolled back (here the run
+/// is killed right after the deferral tag is journaled, then `resume --rollback`) takes the tag
+/// back, so that a later `run` never deactivates the key the restored file uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_deferral_leaves_no_tag_for_a_later_run() {
+    let moto = Moto::start();
+    let s = seed(&moto).await;
+    let fleet = fleet(&moto, &s.admin, 2, 0).await;
+    moto.set_auth(true).await;
+    let one = |i: usize, max_age: &str| {
+        let (name, _, path) = &fleet.users[i];
+        let text = format!(
+            "[defaults]\ngrace = \"1s\"\n[[rotation]]\nuser = \"{name}\"\ntargets = [\"env:{}\"]\nmax_age = \"{max_age}\"\n",
+            path.display()
+        );
+        let file = fleet.dir.path().join(format!("one-{i}-{max_age}.toml"));
+        std::fs::write(&file, text).unwrap();
+        file.to_str().unwrap().to_string()
+    };
+
+    // A whole deferred rotation of the second user tells which record says the tag was written.
+    let learn = state_dir();
+    rekey(&moto, &s.admin, learn.path(), &run_args(&one(1, "1s"), "1")).await.assert_code(0);
+    let history = std::fs::read_dir(learn.path().join("history")).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(history).unwrap();
+    let defer_done = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["event"] == "defer" && r["phase"] == "done")
+        .expect("the deferral is journaled")["seq"]
+        .to_string();
+
+    let (name, creds, path) = &fleet.users[0];
+    let before = std::fs::read(path).unwrap();
+    let state = state_dir();
+    let crashed = rekey_env(
+        &moto,
+        &s.admin,
+        state.path(),
+        &run_args(&one(0, "1s"), "1"),
+        &[("REKEY_TEST_CRASH_AFTER", &defer_done)],
+    )
+    .await;
+    assert_eq!(crashed.code, -1, "killed after the deferral: {}", crashed.stderr);
+    assert!(tags_of(&moto, &s.admin, name).await[&creds.access_key_id].starts_with("rekey-deactivate-after-"));
+
+    let mut rollback = vec!["resume", "--user", name, "--rollback", "--output", "json"];
+    rollback.extend(FAST);
+    let out = rekey(&moto, &s.admin, state.path(), &rollback).await;
+    out.assert_code(3);
+    assert_eq!(out.json()["outcome"], "rolled_back");
+    assert!(!tags_of(&moto, &s.admin, name).await.contains_key(&creds.access_key_id), "the deferral is gone");
+    assert_eq!(std::fs::read(path).unwrap(), before, "the file holds the old key again");
+
+    // The grace period is long over: a later run has nothing to deactivate.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = rekey(&moto, &s.admin, state.path(), &run_args(&one(0, "1h"), "1")).await;
+    out.assert_code(0);
+    assert_eq!(results(&out)[name.as_str()]["deferred"], serde_json::json!([]), "{}", out.stdout);
+    assert_eq!(keys_of(&moto, &s.admin, name).await, vec![(creds.access_key_id.clone(), "Active".into())]);
+    assert_eq!(sts_check(&moto, creds).await.map(|_| ()), Ok(()), "the key in use still works");
+}

@@ -280,7 +280,7 @@ async fn incident_finds_the_backdoors_follows_the_session_cuts_over_and_plans_co
         "--region",
         "us-east-1",
     ];
-    args.extend(FAST);
+    args.extend(WAITS);
     let out = rekey(&moto, &s.admin, dir.path(), &args).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let served = load.stop().await;

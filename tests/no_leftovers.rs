@@ -35,7 +35,7 @@ async fn a_failed_cleanup_keeps_the_journal_open_until_resume_finishes_it() {
     assert!(again.stderr.contains("rekey resume --user"), "{}", again.stderr);
 
     // Still in the way: resume fails the same way and keeps the journal.
-    let resume = ["resume", "--user", &s.app_user];
+    let resume = [&["resume", "--user", &s.app_user][..], FAST].concat();
     let out = rekey(&moto, &s.admin, dir.path(), &resume).await;
     out.assert_code(0);
     assert!(out.stdout.contains("the cleanup of env:"), "{}", out.stdout);

@@ -194,7 +194,8 @@ async fn a_crash_after_the_file_is_written_is_finished_or_undone_by_resume_self(
         assert_ne!(holding.access_key_id, dev.access_key_id, "the file was written before record {crash_after}");
 
         // Signed by the new key, the only one the file now holds.
-        let out = rekey_from_profile(&moto, &file, dir.path(), &["resume", "--self", "--output", "json"]).await;
+        let resume = [&["resume", "--self", "--output", "json"][..], FAST].concat();
+        let out = rekey_from_profile(&moto, &file, dir.path(), &resume).await;
         assert_eq!(out.json()["outcome"], outcome, "after a crash at record {crash_after}: {}", out.stderr);
         moto.set_auth(false).await;
         let keys = keys_of(&moto, &s.admin, DEV).await;

@@ -159,6 +159,10 @@ impl Iam for SelfIam {
     async fn untag_key(&self, user: &str, key_id: &str) -> Result<(), IamError> {
         self.signing().untag_key(user, key_id).await
     }
+
+    async fn user_tags(&self, user: &str) -> Result<Vec<(String, String)>, IamError> {
+        self.signing().user_tags(user).await
+    }
     fn sign_with(&self, signer: Signer) {
         *self.signer.lock().unwrap_or_else(|p| p.into_inner()) = signer;
     }

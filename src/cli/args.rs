@@ -206,6 +206,10 @@ pub(crate) struct RunArgs {
     /// Bound on an ECS rollout.
     #[arg(long, value_parser = parse_duration, default_value = "15m")]
     pub(crate) ecs_timeout: Duration,
+    /// Before deactivating an old key (rotations without a grace period), watch it this long; a
+    /// use by anything rekey did not move keeps it Active (outcome held).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub(crate) quiet_period: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -405,6 +409,10 @@ pub(crate) struct ResumeArgs {
     pub(crate) probes: Vec<String>,
     #[command(flatten)]
     pub(crate) waits: WaitArgs,
+    /// Before deactivating the old key, watch it this long, as `rotate` does; a use by anything
+    /// rekey did not move keeps it Active (exit 6).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub(crate) quiet_period: Duration,
     #[command(flatten)]
     pub(crate) journal: JournalArgs,
 }

@@ -180,6 +180,7 @@ pub async fn main() -> Status {
                 ecs_timeout: args.ecs_timeout,
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
+                mark_deactivated: false,
                 own_key: args.own_key,
                 retire: crate::rotate::evidence::Retire {
                     force: args.force_deactivate.then(|| "--force-deactivate".to_string()),
@@ -231,6 +232,7 @@ pub async fn main() -> Status {
                     ecs_timeout: args.ecs_timeout,
                     verify_regions: args.waits.verify_regions.clone(),
                     defer_deactivation: false,
+                    mark_deactivated: false,
                     own_key: false,
                     // The attacker's own calls are exactly "a consumer rekey did not move": the
                     // leaked key goes off whoever still uses it (discover lists them beforehand).
@@ -277,8 +279,9 @@ pub async fn main() -> Status {
                 ecs_timeout: Duration::from_secs(900),
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
+                mark_deactivated: false,
                 own_key: args.own_key,
-                retire: Default::default(),
+                retire: crate::rotate::evidence::Retire { quiet: args.quiet_period, ..Default::default() },
             };
             run_with_aws(&cli, state_dir, &args.journal, &settings, json, Some(args.rollback)).await
         }
@@ -561,6 +564,7 @@ async fn fleet(cli: &Cli, state_dir: PathBuf, config: &std::path::Path, run: Opt
         verify: run.map_or(idle.clone(), |r| r.waits.verify()),
         probe: run.map_or(idle, |r| r.waits.probe()),
         ecs_timeout: run.map_or(Duration::from_secs(900), |r| r.ecs_timeout),
+        quiet: run.map_or(crate::rotate::evidence::DEFAULT_QUIET, |r| r.quiet_period),
         lock_ttl: config.lock.as_ref().map_or(Duration::from_secs(30 * 60), |l| l.ttl.0),
         owner: crate::fleet::lock::owner_id(),
     };

@@ -98,8 +98,9 @@ pub(super) async fn status(journals: &Journals, user: Option<&str>, json: bool) 
     };
     let rows: Vec<serde_json::Value> = unfinished
         .iter()
-        .filter(|(_, s)| user.is_none_or(|u| u == s.begin.user))
-        .map(|(path, s)| {
+        .filter(|u| user.is_none_or(|name| name == u.state.begin.user))
+        .map(|u| {
+            let (path, s) = (&u.path, &u.state);
             serde_json::json!({
                 "user": s.begin.user,
                 "rotation_id": s.begin.rotation_id,
@@ -110,7 +111,10 @@ pub(super) async fn status(journals: &Journals, user: Option<&str>, json: bool) 
                 "ended": s.ended.map(|o| o.as_str()),
                 "targets": s.begin.targets.iter().map(|t| &t.spec).collect::<Vec<_>>(),
                 "journal": path,
-                "next": format!("rekey resume --user {}", s.begin.user),
+                // Driven by a live process right now: not for `resume`, which would be refused.
+                "running": u.running.is_some(),
+                "owner": u.running.as_ref().and_then(|r| r.owner.as_ref()),
+                "next": if u.running.is_some() { None } else { Some(format!("rekey resume --user {}", s.begin.user)) },
             })
         })
         .collect();
@@ -119,7 +123,19 @@ pub(super) async fn status(journals: &Journals, user: Option<&str>, json: bool) 
     } else if rows.is_empty() {
         println!("no unfinished rotations in {journals}");
     } else {
-        for r in &rows {
+        for (r, u) in rows.iter().zip(unfinished.iter().filter(|u| user.is_none_or(|n| n == u.state.begin.user))) {
+            if let Some(running) = &u.running {
+                println!(
+                    "{}: rotation {} of {} is running ({}), at \"{}\"",
+                    u.state.begin.user,
+                    u.state.begin.rotation_id,
+                    u.state.begin.old_key_id,
+                    crate::rotate::journal::owner::describe(running.owner.as_ref()),
+                    u.state.last_step(),
+                );
+                println!("  journal: {}", u.path.display());
+                continue;
+            }
             if let Some(outcome) = r["ended"].as_str() {
                 println!(
                     "{}: rotation {} ended ({outcome}) but its cleanup did not finish (a backup may still hold a \

@@ -9,7 +9,8 @@
 //! console shows as the key's description), so that any runner on any machine sees it:
 //!
 //! - `rekey-deactivate-after-<rfc3339>` on an Active old key: a rotation with a grace period ended
-//!   with both keys Active; once the time has passed, `run` probes, deactivates, probes again;
+//!   with both keys Active; once the time has passed, `run` probes, deactivates, probes again, a
+//!   journaled step of the rotation machine ([`rotation::finish_deferred`]);
 //! - `rekey-deactivated-at-<rfc3339>` on an Inactive key: deactivated by rekey at that time; once
 //!   `delete_after` has passed, `run` deletes it.
 //!
@@ -33,16 +34,13 @@ use crate::aws::Wiring;
 use crate::fleet::config::{Config, Defaults, Rotation};
 use crate::fleet::lock::{Acquired, UserLock};
 use crate::progress::Progress;
-use crate::rotate::clock::{Clock, SystemClock};
 use crate::rotate::iam::{AwsIam, Iam, KeyInfo, KeyStatus};
-use crate::rotate::journal::{Journals, SharedJournals};
+use crate::rotate::journal::{Journals, Outcome, SharedJournals};
+pub use crate::rotate::machine::DEACTIVATED_AT;
 use crate::rotate::machine::{
-    self as rotation, DEACTIVATE_AFTER, Effects, Factory, Refusal, Report, Settings, TargetSetting,
+    self as rotation, DEACTIVATE_AFTER, Deferral, Effects, Refusal, Report, Settings, TargetSetting,
 };
-use crate::rotate::wait::{Streak, until_streak};
-
-/// Tag value prefix on a key that rekey deactivated, with the time it did.
-pub const DEACTIVATED_AT: &str = "rekey-deactivated-at-";
+use crate::rotate::wait::Streak;
 
 /// What the command line adds to the config.
 #[derive(Debug, Clone)]
@@ -52,6 +50,8 @@ pub struct Options {
     pub verify: Streak,
     pub probe: Streak,
     pub ecs_timeout: Duration,
+    /// How long a rotation watches the old key before deactivating it (`--quiet-period`).
+    pub quiet: Duration,
     /// How long a lock outlives a runner that crashed.
     pub lock_ttl: Duration,
     /// This runner, in lock items.
@@ -62,7 +62,6 @@ pub struct Options {
 pub struct Account {
     pub id: String,
     wiring: Wiring,
-    raw_iam: aws_sdk_iam::Client,
     /// Journals of other accounts live apart: a user name is unique only within its account.
     journals: Journals,
 }
@@ -72,7 +71,7 @@ impl Account {
         // Many users at once: no progress lines from each one's waits.
         let mut wiring = Wiring::new(sdk, &[], false);
         wiring.progress = Progress::off();
-        Account { id, wiring, raw_iam: aws_sdk_iam::Client::new(sdk), journals }
+        Account { id, wiring, journals }
     }
 
     fn effects(&self) -> Effects<'_> {
@@ -157,15 +156,8 @@ struct Keys {
 async fn read_keys(account: &Account, user: &str) -> Result<Keys, String> {
     let keys =
         account.wiring.iam.list_keys(user).await.map_err(|e| format!("cannot list the access keys of {user}: {e}"))?;
-    let tags = account
-        .raw_iam
-        .list_user_tags()
-        .user_name(user)
-        .max_items(100)
-        .send()
-        .await
-        .map_err(|e| format!("cannot list the tags of {user}: {}", crate::aws::error_text(&e)))?;
-    let markers = tags.tags().iter().filter_map(|t| marker(t.value()).map(|m| (t.key().to_string(), m))).collect();
+    let tags = account.wiring.iam.user_tags(user).await.map_err(|e| format!("cannot list the tags of {user}: {e}"))?;
+    let markers = tags.iter().filter_map(|(k, v)| marker(v).map(|m| (k.clone(), m))).collect();
     Ok(Keys { keys, markers })
 }
 
@@ -391,9 +383,11 @@ fn settings_for(r: &Rotation, d: &Defaults, opts: &Options, old_key: Option<Stri
         ecs_timeout: opts.ecs_timeout,
         verify_regions: Vec::new(),
         defer_deactivation: !grace.is_zero(),
+        // Without it, `delete_after` would never know when the old key was turned off.
+        mark_deactivated: true,
         own_key: false,
         // GetAccessKeyLastUsed through the account's own IAM client.
-        retire: Default::default(),
+        retire: crate::rotate::evidence::Retire { quiet: opts.quiet, ..Default::default() },
     }
 }
 
@@ -626,9 +620,10 @@ async fn locked(
     let mut done = Vec::new();
     let now = SystemTime::now();
     let work: Vec<Deferred> = deferred(&keys, r.delete_after(defaults)).into_iter().filter(|d| d.at <= now).collect();
+    let mut interrupt = Sticky { inner: Box::pin(interrupt), fired: false };
     for d in &work {
         let outcome = match d.action {
-            Action::Deactivate => deactivate(account, r, opts, &d.key_id).await,
+            Action::Deactivate => deactivate(account, r, opts, &d.key_id, interrupt.wait()).await,
             Action::Delete => delete(account, user, &d.key_id).await,
         };
         done.push(DeferredDone {
@@ -662,7 +657,7 @@ async fn locked(
     let settings = settings_for(r, defaults, opts, Some(old.clone()), false);
     let _progress = Progress::off();
     let fx = account.effects();
-    let mut u = match rotation::rotate(&fx, &settings, interrupt).await {
+    let mut u = match rotation::rotate(&fx, &settings, interrupt.wait()).await {
         Ok(report) => from_report(&account.id, d.reason, report),
         Err(Refusal(e)) => {
             let mut u = UserResult::new(&account.id, user, "refused", d.reason);
@@ -672,22 +667,8 @@ async fn locked(
         }
     };
     u.deferred = done;
-    if u.outcome == "rotated" {
-        if settings.defer_deactivation {
-            u.deactivate_after = keys_marker_time(account, user, &old).await.map(rekey_trail::time::format);
-        } else if u.old_key_status == Some(KeyStatus::Inactive) {
-            // Without it, `delete_after` would never know when this key was turned off.
-            if let Err(e) = account
-                .wiring
-                .iam
-                .tag_key(user, &old, &format!("{DEACTIVATED_AT}{}", rekey_trail::time::format(SystemClock.now())))
-                .await
-            {
-                u.warnings.push(format!(
-                    "could not record when {old} was deactivated ({e}); it will not be deleted by `run`"
-                ));
-            }
-        }
+    if u.outcome == "rotated" && settings.defer_deactivation {
+        u.deactivate_after = keys_marker_time(account, user, &old).await.map(rekey_trail::time::format);
     }
     u
 }
@@ -712,48 +693,40 @@ fn from_report(account: &str, reason: String, r: Report) -> UserResult {
     u
 }
 
-/// The end of a deferred rotation: the probes must pass before and after the old key goes off, and
-/// a failure after turns it back on, as `rotate` does.
-async fn deactivate(account: &Account, r: &Rotation, opts: &Options, key: &str) -> Result<(), String> {
-    let user = r.user.as_str();
-    let mut probes = Vec::new();
-    for url in &r.probes {
-        probes.push(account.wiring.factory.probe(url)?);
-    }
-    let progress = Progress::off();
-    let probe_all = |when: &'static str| {
-        let (probes, progress) = (&probes, &progress);
-        async move {
-            for p in probes {
-                until_streak(&SystemClock, &opts.probe, progress, &format!("probe {}", p.name()), || p.check())
-                    .await
-                    .map_err(|e| format!("{} is not healthy {when}: {e}", p.name()))?;
-            }
-            Ok::<(), String>(())
+/// An interrupt awaited by one step after another: once it has fired, it stays fired.
+struct Sticky<F: Future<Output = ()>> {
+    inner: std::pin::Pin<Box<F>>,
+    fired: bool,
+}
+
+impl<F: Future<Output = ()>> Sticky<F> {
+    async fn wait(&mut self) {
+        if !self.fired {
+            (&mut self.inner).await;
+            self.fired = true;
         }
-    };
-    probe_all("before the old key is deactivated").await.map_err(|e| format!("{e}; {key} stays Active"))?;
-    account
-        .wiring
-        .iam
-        .set_status(user, key, KeyStatus::Inactive)
-        .await
-        .map_err(|e| format!("deactivating {key}: {e}"))?;
-    if let Err(e) = probe_all("after the old key was deactivated").await {
-        let back = account.wiring.iam.set_status(user, key, KeyStatus::Active).await;
-        return Err(match back {
-            Ok(()) => format!("{e}; {key} was turned back on and will be tried again by the next run"),
-            Err(b) => format!(
-                "{e}; turning {key} back on failed ({b}): run `aws iam update-access-key --user-name {user} --access-key-id {key} --status Active`"
-            ),
-        });
     }
-    account
-        .wiring
-        .iam
-        .tag_key(user, key, &format!("{DEACTIVATED_AT}{}", rekey_trail::time::format(SystemClock.now())))
-        .await
-        .map_err(|e| format!("{key} is Inactive, but recording when failed ({e}); it will not be deleted by `run`"))
+}
+
+/// The end of a deferred rotation, through the rotation machine ([`rotation::finish_deferred`]).
+async fn deactivate(
+    account: &Account,
+    r: &Rotation,
+    opts: &Options,
+    key: &str,
+    interrupt: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let deferral =
+        Deferral { user: r.user.clone(), key_id: key.to_string(), probes: r.probes.clone(), probe: opts.probe.clone() };
+    let report = rotation::finish_deferred(&account.effects(), &deferral, interrupt).await.map_err(|Refusal(e)| e)?;
+    let error = report.error.clone().unwrap_or_default();
+    match report.outcome() {
+        Outcome::Rotated => Ok(()),
+        Outcome::RolledBack => {
+            Err(format!("{error}; {key} was turned back on and will be tried again by the next run"))
+        }
+        _ => Err(format!("{error}; {}", report.left.join("; "))),
+    }
 }
 
 async fn delete(account: &Account, user: &str, key: &str) -> Result<(), String> {

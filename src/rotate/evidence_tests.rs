@@ -127,6 +127,7 @@ impl Bed {
             ecs_timeout: Duration::from_secs(900),
             verify_regions: Vec::new(),
             defer_deactivation: false,
+            mark_deactivated: false,
             own_key: false,
             retire,
         };

@@ -75,6 +75,10 @@ pub struct World {
     pub key_check_failures: Mutex<u32>,
     /// Probe answers, consumed in order; once empty, probes pass.
     pub probe_answers: Mutex<Vec<bool>>,
+    /// User tags: (user, tag key) -> value.
+    pub tags: Mutex<HashMap<(String, String), String>>,
+    /// The next tag write lands, but its answer is lost (the caller sees an error).
+    pub tag_answer_lost: Mutex<bool>,
 }
 
 impl World {
@@ -112,6 +116,14 @@ impl World {
 
     pub fn keys_of(&self, user: &str) -> Vec<(String, KeyStatus)> {
         lock(&self.keys).get(user).map(|ks| ks.iter().map(|k| (k.id.clone(), k.status)).collect()).unwrap_or_default()
+    }
+
+    pub fn tag(&self, user: &str, key: &str) -> Option<String> {
+        lock(&self.tags).get(&(user.to_string(), key.to_string())).cloned()
+    }
+
+    pub fn set_tag(&self, user: &str, key: &str, value: &str) {
+        lock(&self.tags).insert((user.to_string(), key.to_string()), value.to_string());
     }
 
     pub fn value(&self, target: usize) -> Option<String> {
@@ -179,16 +191,27 @@ impl Iam for FakeIam {
         if list.len() == before { Err(IamError::NoSuchKey(key_id.into())) } else { Ok(()) }
     }
 
-    async fn tag_key(&self, _user: &str, key_id: &str, _description: &str) -> Result<(), IamError> {
+    async fn tag_key(&self, user: &str, key_id: &str, description: &str) -> Result<(), IamError> {
         self.0.log(format!("tag_key {key_id}"));
-        match self.0.fault(Op::Tag) {
-            Some(e) => Err(IamError::AccessDenied(e)),
-            None => Ok(()),
+        if let Some(e) = self.0.fault(Op::Tag) {
+            return Err(IamError::AccessDenied(e));
         }
+        self.0.set_tag(user, key_id, description);
+        if std::mem::take(&mut *lock(&self.0.tag_answer_lost)) {
+            return Err(IamError::Other("connection reset before the answer".into()));
+        }
+        Ok(())
     }
 
-    async fn untag_key(&self, _user: &str, _key_id: &str) -> Result<(), IamError> {
+    async fn untag_key(&self, user: &str, key_id: &str) -> Result<(), IamError> {
+        self.0.log(format!("untag_key {key_id}"));
+        lock(&self.0.tags).remove(&(user.to_string(), key_id.to_string()));
         Ok(())
+    }
+
+    async fn user_tags(&self, user: &str) -> Result<Vec<(String, String)>, IamError> {
+        let tags = lock(&self.0.tags);
+        Ok(tags.iter().filter(|((u, _), _)| u == user).map(|((_, k), v)| (k.clone(), v.clone())).collect())
     }
 }
 

@@ -111,6 +111,8 @@ pub trait Iam: Send + Sync {
     /// Describe a key the way the console does: a user tag whose key is the access key id.
     async fn tag_key(&self, user: &str, key_id: &str, description: &str) -> Result<(), IamError>;
     async fn untag_key(&self, user: &str, key_id: &str) -> Result<(), IamError>;
+    /// The user's tags (key, value); those keyed by an access key id describe that key.
+    async fn user_tags(&self, user: &str) -> Result<Vec<(String, String)>, IamError>;
     /// Sign the next calls with this key. Only an `Iam` that holds the rotated key itself (the
     /// caller's own) has two to choose from; every other principal signs with its own.
     fn sign_with(&self, _signer: Signer) {}
@@ -248,6 +250,19 @@ impl Iam for AwsIam {
     async fn untag_key(&self, user: &str, key_id: &str) -> Result<(), IamError> {
         self.iam.untag_user().user_name(user).tag_keys(key_id).send().await.map_err(|e| iam_error(e, user, None))?;
         Ok(())
+    }
+
+    async fn user_tags(&self, user: &str) -> Result<Vec<(String, String)>, IamError> {
+        // IAM allows 50 tags a user: one page of 100 holds them all.
+        let out = self
+            .iam
+            .list_user_tags()
+            .user_name(user)
+            .max_items(100)
+            .send()
+            .await
+            .map_err(|e| iam_error(e, user, None))?;
+        Ok(out.tags().iter().map(|t| (t.key().to_string(), t.value().to_string())).collect())
     }
 }
 

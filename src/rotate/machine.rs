@@ -18,7 +18,7 @@ use crate::rotate::clock::Clock;
 use crate::rotate::evidence::{self, Judgement, Retire};
 use crate::rotate::iam::{Iam, IamError, KeyCheck, KeyStatus, Signer};
 use crate::rotate::journal::{
-    Begin, Event, Journal, JournalError, Journals, Outcome, Phase, State, StepState, TargetRecord,
+    Begin, Event, Journal, JournalError, Journals, Kind, Outcome, Phase, State, StepState, TargetRecord,
 };
 use crate::rotate::probe::{Probe, redact_url};
 use crate::rotate::trust;
@@ -44,6 +44,9 @@ pub struct Settings {
     /// off: a scheduled runner does not sit out an hour of grace per user, and the tag is seen by
     /// whichever runner, on whichever machine, comes next.
     pub defer_deactivation: bool,
+    /// Once the old key is off, tag it with the time (`rekey-deactivated-at-<rfc3339>`), so that a
+    /// later `rekey run` deletes it after `delete_after`.
+    pub mark_deactivated: bool,
     /// `rotate --self`: the user is the caller, whose own key is rotated (see `aws::own_key`).
     pub own_key: bool,
     /// Before deactivating, look for uses of the old key by consumers rekey did not move, and hold
@@ -88,6 +91,8 @@ pub struct Effects<'a> {
 
 /// The value prefix of the user tag, keyed by the old access key id, that defers its deactivation.
 pub const DEACTIVATE_AFTER: &str = "rekey-deactivate-after-";
+/// The value prefix of the user tag, keyed by an access key id, saying when rekey deactivated it.
+pub const DEACTIVATED_AT: &str = "rekey-deactivated-at-";
 
 /// A refusal before anything changed: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +236,7 @@ pub async fn rotate(
     }
 
     let begin = Begin {
-        rotation_id: humantime::format_rfc3339_millis(fx.clock.now()).to_string().replace([':', '-', '.'], ""),
+        rotation_id: rotation_id(fx.clock),
         user: settings.user.clone(),
         account: plan.account.clone(),
         principal: plan.caller_arn.clone(),
@@ -247,6 +252,9 @@ pub async fn rotate(
         delete_old: settings.delete_old,
         grace_secs: settings.grace.as_secs(),
         ecs_timeout_secs: settings.ecs_timeout.as_secs(),
+        kind: Kind::Rotation,
+        defer_deactivation: settings.defer_deactivation,
+        mark_deactivated: settings.mark_deactivated,
     };
     let journal = fx.journals.create(begin, fx.clock.now()).await?;
     let mut run = Run {
@@ -332,13 +340,24 @@ pub async fn resume(
     if force_rollback || !can_finish {
         let why = if force_rollback {
             "rollback asked for with --rollback".to_string()
+        } else if begin.kind == Kind::FinishDeferred {
+            // Nothing to finish without knowing the old key is off: it stays Active, still tagged,
+            // and the next `rekey run` tries again.
+            format!("the deferred deactivation stopped at \"{}\", before the old key was off", state.last_step())
         } else {
             format!("the rotation stopped at \"{}\", before every target had the new key", state.last_step())
         };
         return Ok(run.roll_back(Failure::new("resume", why)).await);
     }
+    let grace = Duration::from_secs(begin.grace_secs);
     let forward = tokio::select! {
-        r = run.finish_forward(settings.probe.clone(), begin.delete_old, Duration::from_secs(begin.grace_secs), &settings.retire) => r,
+        r = async {
+            if begin.defer_deactivation {
+                run.probe_then_defer(&settings.probe, grace).await
+            } else {
+                run.finish_forward(settings.probe.clone(), begin.delete_old, grace, &settings.retire).await
+            }
+        } => r,
         () = interrupt => Err(Failure::new("interrupted", "interrupted by the user (Ctrl-C)")),
     };
     Ok(match forward {
@@ -349,9 +368,7 @@ pub async fn resume(
 
 async fn preflight(fx: &Effects<'_>, s: &Settings) -> Result<Plan, Refusal> {
     let user = &s.user;
-    if let Some(path) = fx.journals.unfinished(user).await? {
-        return Err(JournalError::Unfinished { user: user.clone(), path }.into());
-    }
+    fx.journals.vacant(user).await?;
     if s.targets.is_empty() {
         return Err(Refusal(format!(
             "no --target given for {user}: the new key would reach no consumer; name where the key is used, e.g. --target secretsmanager:<secret-id>"
@@ -579,25 +596,108 @@ impl Run<'_> {
         }
     }
 
-    /// The deferred ending: probe, then leave the old key Active with its deactivation time in a tag.
-    /// Should the process die before the tag is written, `resume` takes the ordinary path and waits
-    /// out the grace period itself, which is slower but just as safe.
+    /// The deferred ending: probe, then leave the old key Active with its deactivation time in a tag
+    /// that a later `rekey run` acts on ([`finish_deferred`]). The tag's value before is journaled
+    /// first, so that a rollback puts it back: a deferral left behind would have that `run`
+    /// deactivate the key the restored targets use.
     async fn probe_then_defer(&mut self, probe: &Streak, grace: Duration) -> Result<(), Failure> {
-        let t = Instant::now();
-        self.record(Event::Probe { phase: Phase::Begin }).await?;
-        self.probe_all(probe, "probe").await?;
-        self.record(Event::Probe { phase: Phase::Done }).await?;
-        self.step("probe", if self.probes.is_empty() { "skipped" } else { "ok" }, t);
+        if self.state().probe != StepState::Done {
+            let t = Instant::now();
+            self.record(Event::Probe { phase: Phase::Begin }).await?;
+            self.probe_all(probe, "probe").await?;
+            self.record(Event::Probe { phase: Phase::Done }).await?;
+            self.step("probe", if self.probes.is_empty() { "skipped" } else { "ok" }, t);
+        }
+        if self.state().defer == StepState::Done {
+            return Ok(());
+        }
 
         let t = Instant::now();
         let (user, old) = (self.user(), self.state().begin.old_key_id.clone());
+        if self.state().defer == StepState::NotStarted {
+            let previous = self.old_key_tag().await.map_err(|e| Failure::new("defer_deactivation", e))?;
+            self.record(Event::Defer { key_id: old.clone(), phase: Phase::Begin, previous }).await?;
+        }
         let after = rekey_trail::time::format(self.fx.clock.now() + grace);
         // Without the tag nothing would ever turn the old key off: roll back rather than leave it.
         self.fx.iam.tag_key(&user, &old, &format!("{DEACTIVATE_AFTER}{after}")).await.map_err(|e| {
             Failure::new("defer_deactivation", format!("recording when {old} is to be deactivated: {e}"))
         })?;
+        self.record(Event::Defer { key_id: old, phase: Phase::Done, previous: None }).await?;
         self.step("defer_deactivation", "ok", t);
         Ok(())
+    }
+
+    /// The value of the user tag keyed by the old key id (a console description, say), if any.
+    async fn old_key_tag(&self) -> Result<Option<String>, String> {
+        let (user, old) = (self.user(), &self.state().begin.old_key_id);
+        let tags = self.fx.iam.user_tags(&user).await.map_err(|e| format!("reading the tags of {user}: {e}"))?;
+        Ok(tags.into_iter().find(|(k, _)| k == old).map(|(_, v)| v))
+    }
+
+    /// For `delete_after`: when rekey turned the old key off, in a tag any runner reads. A key
+    /// left without it is only never deleted by `run`, so a failure here is a warning.
+    async fn mark_deactivated(&mut self) -> Result<(), Failure> {
+        if !self.state().begin.mark_deactivated || self.state().marked == StepState::Done {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let (user, old) = (self.user(), self.state().begin.old_key_id.clone());
+        if self.state().marked == StepState::NotStarted {
+            let previous = self.old_key_tag().await.unwrap_or_else(|e| {
+                tracing::warn!("{e}; a rollback from here removes the tag on {old} rather than restoring it");
+                None
+            });
+            self.record(Event::MarkDeactivated { key_id: old.clone(), phase: Phase::Begin, previous }).await?;
+        }
+        let at = rekey_trail::time::format(self.fx.clock.now());
+        match self.fx.iam.tag_key(&user, &old, &format!("{DEACTIVATED_AT}{at}")).await {
+            Ok(()) => {
+                self.record(Event::MarkDeactivated { key_id: old, phase: Phase::Done, previous: None }).await?;
+                self.step("mark_deactivated", "ok", t);
+            }
+            Err(e) => {
+                self.record(Event::MarkDeactivated { key_id: old.clone(), phase: Phase::Failed, previous: None })
+                    .await?;
+                self.step("mark_deactivated", "failed", t);
+                self.warnings
+                    .push(format!("could not record when {old} was deactivated ({e}); `rekey run` will not delete it"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the old key's tag back as it was before this journal wrote it (the deferral, or the
+    /// time of deactivation): left behind, it would have a later `rekey run` deactivate a key that
+    /// is in use again, or delete it. A finished rotation's own deferral is not this journal's.
+    async fn restore_old_key_tag(&mut self, left: &mut Vec<String>) {
+        let s = self.state();
+        let previous = if s.marked.started() {
+            s.marked_previous.clone()
+        } else if s.defer.started() {
+            s.defer_previous.clone()
+        } else {
+            return;
+        };
+        let t = Instant::now();
+        let (user, old) = (self.user(), s.begin.old_key_id.clone());
+        let restored = match &previous {
+            Some(value) => self.fx.iam.tag_key(&user, &old, value).await,
+            None => self.fx.iam.untag_key(&user, &old).await,
+        };
+        match restored {
+            Ok(()) => self.step("restore_old_key_tag", "ok", t),
+            Err(e) => {
+                self.step("restore_old_key_tag", "failed", t);
+                let fix = match &previous {
+                    Some(v) => format!("aws iam tag-user --user-name {user} --tags 'Key={old},Value={v}'"),
+                    None => format!("aws iam untag-user --user-name {user} --tag-keys {old}"),
+                };
+                left.push(format!(
+                    "the old key {old} still carries the tag this rotation wrote ({e}), which would have a later `rekey run` act on it: `{fix}`"
+                ));
+            }
+        }
     }
 
     async fn snapshot(&mut self, i: usize) -> Result<(), Failure> {
@@ -677,6 +777,9 @@ impl Run<'_> {
     }
 
     async fn after_deactivation(&mut self, delete_old: bool) -> Result<(), Failure> {
+        if !delete_old {
+            self.mark_deactivated().await?;
+        }
         if !delete_old || self.state().delete_old == StepState::Done {
             return Ok(());
         }
@@ -857,6 +960,7 @@ impl Run<'_> {
         } else if let Some(key) = &new_key {
             left.push(format!("the new key {key} was kept because a target still uses it"));
         }
+        self.restore_old_key_tag(&mut left).await;
 
         let old_status = if self.state().delete_old == StepState::Done {
             None
@@ -869,7 +973,7 @@ impl Run<'_> {
             self.finish_journal(Outcome::RolledBack, Some(reason), old_status, statuses, cleanup).await
         } else {
             left.push(format!("fix the above, then run `rekey resume --user {user}` to finish the rollback"));
-            self.failed_report(reason, old_status, statuses, left)
+            self.failed_report(reason, old_status, statuses, left).await
         }
     }
 
@@ -916,18 +1020,21 @@ impl Run<'_> {
                 "fix the above, then run `rekey resume --user {}` to finish the cleanup",
                 state.begin.user
             ));
+            journal.release().await;
         } else if state.ended.is_some() {
             match journal.archive().await {
                 Ok(p) => journal_path = p,
                 Err(e) => warnings.push(format!("could not archive the journal: {e}")),
             }
+        } else {
+            journal.release().await;
         }
         let parts = ReportParts { steps, warnings, changes, targets, statuses, left, journal: journal_path, evidence };
         parts.into_report(&state, outcome, error, old_key_status)
     }
 
     /// The rollback could not finish: the journal stays active so that `resume` can retry.
-    fn failed_report(
+    async fn failed_report(
         self,
         error: String,
         old_key_status: Option<KeyStatus>,
@@ -936,7 +1043,9 @@ impl Run<'_> {
     ) -> Report {
         let state = self.journal.state().clone();
         let Run { journal, targets, steps, warnings, changes, evidence, .. } = self;
-        let journal = journal.path().to_path_buf();
+        let journal_path = journal.path().to_path_buf();
+        journal.release().await;
+        let journal = journal_path;
         let parts = ReportParts { steps, warnings, changes, targets, statuses, left, journal, evidence };
         parts.into_report(&state, Outcome::Failed, Some(error), old_key_status)
     }
@@ -1026,6 +1135,86 @@ fn planned_report(s: &Settings, plan: &Plan, preflight: StepReport) -> Report {
         warnings: plan.warnings.clone(),
         evidence: None,
     }
+}
+
+/// A rotation's id: the time it began, compact.
+fn rotation_id(clock: &dyn Clock) -> String {
+    humantime::format_rfc3339_millis(clock.now()).to_string().replace([':', '-', '.'], "")
+}
+
+/// What a later `rekey run` finishes for a rotation whose deactivation it deferred.
+#[derive(Debug, Clone)]
+pub struct Deferral {
+    pub user: String,
+    /// The old key, whose grace period is over.
+    pub key_id: String,
+    pub probes: Vec<String>,
+    pub probe: Streak,
+}
+
+/// The end of a deferred rotation, once its grace period is over: the probes must pass before and
+/// after the old key goes off, a failure after turns it back on (its deferral tag stays, so the
+/// next `run` tries again), and success tags when it went off, for `delete_after`. Journaled like
+/// a rotation, with the same steps and the same way back, so a crash anywhere in it is finished
+/// or undone by `rekey resume`.
+pub async fn finish_deferred(
+    fx: &Effects<'_>,
+    d: &Deferral,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Report, Refusal> {
+    let user = &d.user;
+    fx.journals.vacant(user).await?;
+    let caller = fx
+        .iam
+        .caller()
+        .await
+        .map_err(|e| Refusal(format!("cannot tell who rekey runs as: {e}; check your AWS credentials")))?;
+    let keys =
+        fx.iam.list_keys(user).await.map_err(|e| Refusal(format!("cannot list the access keys of {user}: {e}")))?;
+    if !keys.iter().any(|k| k.id == d.key_id) {
+        return Err(Refusal(format!("{user} has no access key {} any more: nothing to deactivate", d.key_id)));
+    }
+    let mut probes = Vec::new();
+    for url in &d.probes {
+        probes.push(fx.factory.probe(url).map_err(Refusal)?);
+    }
+    let begin = Begin {
+        rotation_id: rotation_id(fx.clock),
+        user: user.clone(),
+        account: caller.account,
+        principal: caller.arn,
+        old_key_id: d.key_id.clone(),
+        existing_keys: keys.into_iter().map(|k| k.id).collect(),
+        targets: Vec::new(),
+        probes: d.probes.iter().map(|p| redact_url(p)).collect(),
+        delete_old: false,
+        grace_secs: 0,
+        ecs_timeout_secs: 0,
+        kind: Kind::FinishDeferred,
+        defer_deactivation: false,
+        mark_deactivated: true,
+    };
+    let journal = fx.journals.create(begin, fx.clock.now()).await?;
+    let mut run = Run {
+        fx,
+        journal,
+        targets: Vec::new(),
+        probes,
+        steps: Vec::new(),
+        warnings: Vec::new(),
+        changes: Vec::new(),
+        evidence: None,
+    };
+    // The rotation checked the old key's use when it ended; the grace period was the consumers'.
+    let retire = Retire::forced("a deferred deactivation: the grace period is over");
+    let forward = tokio::select! {
+        r = run.finish_forward(d.probe.clone(), false, Duration::ZERO, &retire) => r,
+        () = interrupt => Err(Failure::new("interrupted", "interrupted by the user (Ctrl-C)")),
+    };
+    Ok(match forward {
+        Ok(()) => run.complete(None).await,
+        Err(f) => run.roll_back(f).await,
+    })
 }
 
 fn list_or_none(keys: &[String]) -> String {

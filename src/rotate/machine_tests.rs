@@ -47,6 +47,7 @@ impl Bed {
             ecs_timeout: Duration::from_secs(900),
             verify_regions: Vec::new(),
             defer_deactivation: false,
+            mark_deactivated: false,
             own_key: false,
             retire: Default::default(),
         }
@@ -72,6 +73,10 @@ impl Bed {
     }
 
     async fn resume(&self, force_rollback: bool) -> Result<Report, Refusal> {
+        self.resume_with(force_rollback, &self.settings()).await
+    }
+
+    async fn resume_with(&self, force_rollback: bool, settings: &Settings) -> Result<Report, Refusal> {
         let (iam, check) = (FakeIam(self.world.clone()), FakeKeyCheck(self.world.clone()));
         let factory = FakeFactory { world: self.world.clone(), specs: self.specs.clone() };
         let progress = Progress::off();
@@ -83,7 +88,7 @@ impl Bed {
             progress: &progress,
             journals: Journals::Local(self.dir.path().to_path_buf()),
         };
-        resume(&fx, USER, force_rollback, &self.settings(), std::future::pending()).await
+        resume(&fx, USER, force_rollback, settings, std::future::pending()).await
     }
 
     /// The clean state after a rollback: only the old key, Active, and every target back on it.
@@ -398,4 +403,188 @@ async fn a_deferral_that_cannot_be_recorded_rolls_back() {
     assert_eq!(report.outcome, "rolled_back", "{report:?}");
     assert!(report.error.as_deref().unwrap().contains("defer_deactivation"), "{report:?}");
     bed.assert_rolled_back();
+}
+
+impl Bed {
+    /// A deferred rotation that ended: the old key Active and tagged for a later `run`, the
+    /// targets on the new key.
+    async fn deferred(&self) -> Report {
+        let settings = Settings { defer_deactivation: true, grace: Duration::from_secs(3600), ..self.settings() };
+        let report = self.run_with(&settings).await.expect("not refused");
+        assert_eq!(report.outcome, "rotated", "{report:?}");
+        report
+    }
+
+    async fn finish_deferred(&self) -> Report {
+        let (iam, check) = (FakeIam(self.world.clone()), FakeKeyCheck(self.world.clone()));
+        let factory = FakeFactory { world: self.world.clone(), specs: self.specs.clone() };
+        let progress = Progress::off();
+        let fx = Effects {
+            iam: &iam,
+            key_check: &check,
+            clock: &self.clock,
+            factory: &factory,
+            progress: &progress,
+            journals: Journals::Local(self.dir.path().to_path_buf()),
+        };
+        let deferral = Deferral {
+            user: USER.into(),
+            key_id: OLD.into(),
+            probes: vec!["http://app/health".into()],
+            probe: self.settings().probe,
+        };
+        finish_deferred(&fx, &deferral, std::future::pending()).await.expect("not refused")
+    }
+
+    /// The newest journal in history (ids are times: the last one sorts last).
+    fn last_history(&self) -> std::path::PathBuf {
+        let mut files: Vec<_> =
+            std::fs::read_dir(self.dir.path().join("history")).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.pop().unwrap()
+    }
+}
+
+/// Issue 13 item 8: a deferral whose tag landed but whose answer was lost rolls back, and the
+/// rollback puts the old key's tag back as it was (here a console description), so that no later
+/// `run` deactivates the key the restored targets use.
+#[tokio::test]
+async fn a_rollback_takes_back_the_deferral_tag_it_wrote() {
+    let bed = Bed::new(&["env:/a"]);
+    bed.world.set_tag(USER, OLD, "the CI key");
+    let settings = Settings { defer_deactivation: true, grace: Duration::from_secs(3600), ..bed.settings() };
+    let (iam, check) = (FakeIam(bed.world.clone()), FakeKeyCheck(bed.world.clone()));
+    let factory = FakeFactory { world: bed.world.clone(), specs: bed.specs.clone() };
+    let progress = Progress::off();
+    let fx = Effects {
+        iam: &iam,
+        key_check: &check,
+        clock: &bed.clock,
+        factory: &factory,
+        progress: &progress,
+        journals: Journals::Local(bed.dir.path().to_path_buf()),
+    };
+    // The new key's description is tagged first; once the probes run, the next tag (the
+    // deferral's) lands but its answer is lost.
+    let world = bed.world.clone();
+    let arm = async move {
+        loop {
+            if world.calls().iter().any(|c| c == "probe") {
+                *world.tag_answer_lost.lock().unwrap() = true;
+                return std::future::pending::<()>().await;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let report = tokio::select! {
+        r = rotate(&fx, &settings, std::future::pending()) => r.unwrap(),
+        () = arm => unreachable!(),
+    };
+    assert_eq!(report.outcome, "rolled_back", "{report:?}");
+    assert!(report.error.as_deref().unwrap().contains("defer_deactivation"), "{report:?}");
+    bed.assert_rolled_back();
+    assert_eq!(bed.world.tag(USER, OLD).as_deref(), Some("the CI key"), "the description is back, the deferral gone");
+}
+
+/// The same after a crash right after the deferral was recorded: `resume --rollback` takes it back.
+#[tokio::test]
+async fn resume_rollback_after_a_deferred_rotation_removes_the_deferral_tag() {
+    let bed = Bed::new(&["env:/a"]);
+    bed.deferred().await;
+    let history = bed.last_history();
+    let text = std::fs::read_to_string(&history).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let defer_done = lines.iter().position(|l| l.contains(r#""event":"defer","#) && l.contains(r#""done""#)).unwrap();
+    std::fs::remove_file(&history).unwrap();
+    std::fs::write(bed.dir.path().join(format!("active/{USER}.jsonl")), lines[..=defer_done].join("\n") + "\n")
+        .unwrap();
+    assert!(bed.world.tag(USER, OLD).unwrap().starts_with(DEACTIVATE_AFTER));
+    let report = bed.resume(true).await.unwrap();
+    assert_eq!(report.outcome, "rolled_back", "{report:?}");
+    bed.assert_rolled_back();
+    assert_eq!(bed.world.tag(USER, OLD), None, "no deferral left for a later run");
+}
+
+#[tokio::test]
+async fn a_deferred_deactivation_is_finished_through_the_machine_and_marks_the_key() {
+    let bed = Bed::new(&["env:/a"]);
+    let rotated = bed.deferred().await;
+    bed.world.calls.lock().unwrap().clear();
+    let report = bed.finish_deferred().await;
+    assert_eq!(report.outcome, "rotated", "{report:?}");
+    assert_eq!(report.old_key_status, Some(Inactive));
+    bed.assert_rotated();
+    assert!(bed.world.tag(USER, OLD).unwrap().starts_with(DEACTIVATED_AT), "{:?}", bed.world.tag(USER, OLD));
+    let names: Vec<_> = report.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["probe", "deactivate_old", "probe_after_deactivation", "mark_deactivated"]);
+    assert_eq!(bed.world.value(0), rotated.new_key_id, "no target touched");
+    assert!(!bed.world.calls().iter().any(|c| c.starts_with("create_key") || c.starts_with("apply")));
+
+    // The app breaks once the old key is off: it goes back on, still tagged for the next run.
+    let bed = Bed::new(&["env:/a"]);
+    bed.deferred().await;
+    let deferral = bed.world.tag(USER, OLD).unwrap();
+    *bed.world.probe_answers.lock().unwrap() = [vec![true; 3], vec![false; 1000]].concat();
+    let report = bed.finish_deferred().await;
+    assert_eq!(report.outcome, "rolled_back", "{report:?}");
+    assert_eq!(bed.world.keys_of(USER)[0], (OLD.to_string(), Active));
+    assert_eq!(bed.world.tag(USER, OLD), Some(deferral), "tried again by the next run");
+    assert!(Journal::list_unfinished(bed.dir.path()).unwrap().is_empty());
+}
+
+/// Issue 8 item 3: the deferred deactivation, crashed after every journal record (between
+/// deactivating and tagging too), then `resume`: the old key is either off and marked for
+/// `delete_after`, or Active and still tagged for the next run. Nothing in between.
+#[tokio::test]
+async fn a_deferred_deactivation_resumed_after_a_crash_at_every_record_ends_clean() {
+    let full = Bed::new(&["env:/a"]);
+    full.deferred().await;
+    assert_eq!(full.finish_deferred().await.outcome, "rotated");
+    let records = std::fs::read_to_string(full.last_history()).unwrap().lines().count();
+    assert!(records >= 10, "{records}");
+
+    let mut between_deactivating_and_tagging = false;
+    for crash_after in 1..records {
+        let bed = Bed::new(&["env:/a"]);
+        let new_key = bed.deferred().await.new_key_id.unwrap();
+        let deferral = bed.world.tag(USER, OLD).unwrap();
+        assert_eq!(bed.finish_deferred().await.outcome, "rotated");
+        let history = bed.last_history();
+        let text = std::fs::read_to_string(&history).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        std::fs::remove_file(&history).unwrap();
+        let active = bed.dir.path().join(format!("active/{USER}.jsonl"));
+        std::fs::write(&active, lines[..crash_after].join("\n") + "\n").unwrap();
+        // The world as the journal leaves it, each begun step taken as having happened.
+        let (state, _) = Journal::load(&active).unwrap();
+        let old_status = if state.deactivate.started() { Inactive } else { Active };
+        bed.world.with_user(USER, &[(OLD, old_status), (new_key.as_str(), Active)]);
+        if !state.marked.started() {
+            bed.world.set_tag(USER, OLD, &deferral);
+        }
+        between_deactivating_and_tagging |= state.deactivate == StepState::Done && !state.marked.started();
+
+        // A deferred deactivation writes no target: `resume` is given none.
+        let settings = Settings { targets: Vec::new(), ..bed.settings() };
+        let report =
+            bed.resume_with(false, &settings).await.unwrap_or_else(|e| panic!("crash after {crash_after}: {e}"));
+        let tag = bed.world.tag(USER, OLD).unwrap_or_default();
+        match report.outcome {
+            "rotated" => {
+                bed.assert_rotated();
+                assert!(tag.starts_with(DEACTIVATED_AT), "crash after {crash_after}: marked, not {tag}");
+            }
+            "rolled_back" => {
+                assert_eq!(bed.world.keys_of(USER)[0], (OLD.to_string(), Active), "crash after {crash_after}");
+                assert_eq!(tag, deferral, "crash after {crash_after}: still deferred, for the next run");
+                assert!(Journal::list_unfinished(bed.dir.path()).unwrap().is_empty());
+            }
+            other => panic!(
+                "crash after record {crash_after} ({}): resume ended {other}: {report:?}",
+                lines[crash_after - 1]
+            ),
+        }
+        assert_eq!(bed.world.value(0).as_deref(), Some(new_key.as_str()), "the targets keep the new key");
+    }
+    assert!(between_deactivating_and_tagging, "a crash between deactivating and tagging was tried");
 }

@@ -159,6 +159,9 @@ mod tests {
             delete_old: false,
             grace_secs: 0,
             ecs_timeout_secs: 900,
+            kind: Default::default(),
+            defer_deactivation: false,
+            mark_deactivated: false,
         }
     }
 

@@ -77,15 +77,24 @@ pub fn rekey_command(
     cmd
 }
 
-/// Fast waits for the emulator, where a key works at once.
-pub const FAST: &[&str] = &["--verify-successes", "2", "--probe-successes", "2", "--check-interval", "200ms"];
+/// Fast waits for the emulator, where a key works at once: the flags every command that rotates
+/// takes (`rotate`, `resume`, `run`, `incident`).
+pub const WAITS: &[&str] = &["--verify-successes", "2", "--probe-successes", "2", "--check-interval", "200ms"];
 
-/// Every file under the state folder (journals, active and archived).
+/// [`WAITS`] and a short watch of the old key before it goes off (the default 10 s would be most of
+/// each rotation's time here); for `rotate`, `resume` and `run`. `incident` deactivates the leaked
+/// key without watching it, and takes [`WAITS`]. 2 s still sees a consumer that signs every
+/// second, which `tests/retire.rs` relies on.
+pub const FAST: &[&str] =
+    &["--verify-successes", "2", "--probe-successes", "2", "--check-interval", "200ms", "--quiet-period", "2s"];
+
+/// Every journal under the state folder, active and archived (not the `.owner` file that names the
+/// process holding an active one).
 pub fn journal_text(state_dir: &Path) -> String {
     let mut text = String::new();
     for dir in ["active", "history"] {
         if let Ok(entries) = std::fs::read_dir(state_dir.join(dir)) {
-            for e in entries.flatten() {
+            for e in entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "jsonl")) {
                 text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
             }
         }

@@ -1,15 +1,93 @@
 //! Journals in a DynamoDB table, for runners whose disk does not outlive them (see the module
 //! note of [`super`] for the items it holds and the conditional writes that keep one writer).
+//!
+//! The marker item also names the journal's owner and holds its lease: `owner_token` (unique to
+//! one process's hold), `owner` (pid, host, since, as JSON) and `lease_until` (epoch ms). The
+//! owner renews the lease every [`RENEW_EVERY`] while it runs; another process takes the journal
+//! over only when the lease has run out, or when the owner is on the same host and no longer
+//! exists, and only with a conditional update on the token and lease it saw, so that of two
+//! `resume`s one wins and the other stops before any side effect. An owner whose lease was taken
+//! over writes no further record.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::aws::error_text;
 
-use super::{Begin, Event, Journal, JournalError, Record, Sink, State, crash_after_from_env, fold};
+use super::owner::epoch_ms;
+use super::{
+    Begin, Event, Journal, JournalError, Owner, Record, Running, Sink, State, Unfinished, crash_after_from_env, fold,
+};
+
+/// How long a lease lasts without renewal: how long a crashed owner on another host blocks
+/// `resume` at most.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often a running owner renews its lease: a few renewals may fail before it lapses.
+pub const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+/// This process's hold on a journal's marker, renewed in the background until dropped.
+pub(crate) struct Lease {
+    token: String,
+    /// Set once another process took the journal over.
+    lost: Arc<Mutex<Option<String>>>,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// No hold yet: a journal whose marker is not written.
+    fn none() -> Lease {
+        Lease { token: String::new(), lost: Arc::new(Mutex::new(None)), renewal: tokio::spawn(async {}) }
+    }
+
+    pub(super) fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewal.abort();
+    }
+}
+
+/// The marker of an unfinished journal, as read.
+struct Marker {
+    /// The records' `pk`.
+    journal: String,
+    owner: Option<Owner>,
+    token: Option<String>,
+    lease_until: Option<u64>,
+}
+
+impl Marker {
+    fn from_item(item: &HashMap<String, AttributeValue>) -> Option<Marker> {
+        let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+        Some(Marker {
+            journal: s("journal")?,
+            owner: s("owner").and_then(|o| serde_json::from_str(&o).ok()),
+            token: s("owner_token"),
+            lease_until: item.get("lease_until").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()),
+        })
+    }
+
+    /// The process that holds the journal now, if any: a live lease whose owner is not known to
+    /// be gone.
+    fn running(&self, now: SystemTime) -> Option<Running> {
+        let live = self.token.is_some() && self.lease_until.is_some_and(|u| u > epoch_ms(now));
+        let gone = self.owner.as_ref().and_then(Owner::alive_here) == Some(false);
+        (live && !gone).then(|| Running { owner: self.owner.clone() })
+    }
+}
+
+fn new_token(owner: &Owner) -> String {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    format!("{}/{}/{nanos}", owner.host, owner.pid)
+}
 
 /// The journals of one account in a DynamoDB table.
 #[derive(Clone)]
@@ -68,8 +146,8 @@ impl SharedJournals {
         PathBuf::from(format!("dynamodb://{}/{pk}", self.table))
     }
 
-    /// The records' `pk` of the unfinished journal of `user`, if there is one.
-    pub(super) async fn marker(&self, user: &str) -> Result<Option<String>, JournalError> {
+    /// The marker of the unfinished journal of `user`, if there is one.
+    async fn marker(&self, user: &str) -> Result<Option<Marker>, JournalError> {
         let pk = self.marker_pk(user);
         let out = self
             .client
@@ -82,7 +160,75 @@ impl SharedJournals {
             .await
             .map_err(|e| error_text(&e))
             .map_err(table_err(self.location(&pk), "reading"))?;
-        Ok(out.item().and_then(|i| i.get("journal")).and_then(|v| v.as_s().ok()).cloned())
+        Ok(out.item().and_then(Marker::from_item))
+    }
+
+    /// Why a new rotation of `user` cannot start, if it cannot.
+    pub(super) async fn vacant(&self, user: &str) -> Result<(), JournalError> {
+        match self.marker(user).await? {
+            None => Ok(()),
+            Some(m) => Err(self.taken(user, &m)),
+        }
+    }
+
+    fn taken(&self, user: &str, m: &Marker) -> JournalError {
+        let path = self.location(&m.journal);
+        match m.running(SystemTime::now()) {
+            Some(r) => JournalError::Running { user: user.into(), path, owner: r.owner },
+            None => JournalError::Unfinished { user: user.into(), path },
+        }
+    }
+
+    /// Keep renewing the lease `token` holds on `user`'s marker until dropped, or until another
+    /// process has taken it.
+    fn hold(&self, user: &str, token: String) -> Lease {
+        let lost = Arc::new(Mutex::new(None));
+        let (store, marker, flag, me) = (self.clone(), self.marker_pk(user), lost.clone(), token.clone());
+        let renewal = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RENEW_EVERY).await;
+                let until = epoch_ms(SystemTime::now() + LEASE);
+                let out = store
+                    .client
+                    .update_item()
+                    .table_name(&store.table)
+                    .key("pk", AttributeValue::S(marker.clone()))
+                    .key("sk", AttributeValue::N("0".into()))
+                    .update_expression("SET lease_until = :u")
+                    .condition_expression("owner_token = :me")
+                    .expression_attribute_values(":u", AttributeValue::N(until.to_string()))
+                    .expression_attribute_values(":me", AttributeValue::S(me.clone()))
+                    .send()
+                    .await;
+                match out {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                        let taker = store.marker_owner(&marker).await;
+                        *flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                            "another process took this rotation over ({taker}) while this one was thought gone; it drives the rotation now, and this one writes nothing more"
+                        ));
+                        return;
+                    }
+                    // Tried again at the next tick; the lease outlasts a few failures.
+                    Err(e) => tracing::warn!("renewing the lease on {marker}: {}", error_text(&e)),
+                }
+            }
+        });
+        Lease { token, lost, renewal }
+    }
+
+    async fn marker_owner(&self, marker_pk: &str) -> String {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(marker_pk.to_string()))
+            .key("sk", AttributeValue::N("0".into()))
+            .consistent_read(true)
+            .send()
+            .await;
+        let owner = out.ok().and_then(|o| o.item().and_then(Marker::from_item)).and_then(|m| m.owner);
+        super::owner::describe(owner.as_ref())
     }
 
     pub(super) async fn create(&self, begin: Begin, now: SystemTime) -> Result<Journal, JournalError> {
@@ -90,7 +236,8 @@ impl SharedJournals {
         let pk = format!("journal#{}/{user}/{}", self.account, begin.rotation_id);
         let mut journal = Journal {
             path: self.location(&pk),
-            sink: Sink::Table { store: self.clone(), pk: pk.clone() },
+            // Not renewed until the marker is ours.
+            sink: Sink::Table { store: self.clone(), pk: pk.clone(), lease: Lease::none() },
             next_seq: 1,
             state: State::new(begin.clone()),
             crash_after: crash_after_from_env(),
@@ -100,40 +247,87 @@ impl SharedJournals {
         let record = journal.next_record(Event::Begin(begin), now);
         journal.append(&record).await?;
         let marker = self.marker_pk(&user);
+        let owner = Owner::me(SystemTime::now());
+        let token = new_token(&owner);
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
             .item("pk", AttributeValue::S(marker.clone()))
             .item("sk", AttributeValue::N("0".into()))
-            .item("journal", AttributeValue::S(pk))
+            .item("journal", AttributeValue::S(pk.clone()))
             .item("user", AttributeValue::S(user.clone()))
             .item("account", AttributeValue::S(self.account.clone()))
             .item("started_at", AttributeValue::S(rekey_trail::time::format(now)))
+            .item("owner", AttributeValue::S(serde_json::to_string(&owner).expect("owner serializes")))
+            .item("owner_token", AttributeValue::S(token.clone()))
+            .item("lease_until", AttributeValue::N(epoch_ms(SystemTime::now() + LEASE).to_string()))
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
         match put {
             Ok(_) => {}
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
-                let path = match self.marker(&user).await {
-                    Ok(Some(records)) => self.location(&records),
-                    _ => self.location(&marker),
-                };
-                return Err(JournalError::Unfinished { user, path });
+                return Err(match self.marker(&user).await {
+                    Ok(Some(m)) => self.taken(&user, &m),
+                    _ => JournalError::Unfinished { user, path: self.location(&marker) },
+                });
             }
             Err(e) => return Err(table_err(self.location(&marker), "starting")(error_text(&e))),
+        }
+        if let Sink::Table { lease, .. } = &mut journal.sink {
+            *lease = self.hold(&user, token);
         }
         journal.applied(record)?;
         Ok(journal)
     }
 
+    /// Take over the unfinished journal of `user`: refused while its owner's lease is live, and
+    /// taken with a conditional update on the lease as it was read, so two takers cannot both win.
     pub(super) async fn open(&self, user: &str) -> Result<Option<Journal>, JournalError> {
-        let Some(pk) = self.marker(user).await? else { return Ok(None) };
-        let (state, next_seq) = self.load(&pk).await?;
+        let Some(m) = self.marker(user).await? else { return Ok(None) };
+        if m.running(SystemTime::now()).is_some() {
+            return Err(self.taken(user, &m));
+        }
+        let me = Owner::me(SystemTime::now());
+        let token = new_token(&me);
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(self.marker_pk(user)))
+            .key("sk", AttributeValue::N("0".into()))
+            .update_expression("SET #o = :o, owner_token = :t, lease_until = :u")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_names("#j", "journal")
+            .expression_attribute_values(":o", AttributeValue::S(serde_json::to_string(&me).expect("owner serializes")))
+            .expression_attribute_values(":t", AttributeValue::S(token.clone()))
+            .expression_attribute_values(":u", AttributeValue::N(epoch_ms(SystemTime::now() + LEASE).to_string()))
+            .expression_attribute_values(":j", AttributeValue::S(m.journal.clone()));
+        update = match (&m.token, m.lease_until) {
+            (Some(seen), Some(until)) => update
+                .condition_expression("#j = :j AND owner_token = :seen AND lease_until = :until")
+                .expression_attribute_values(":seen", AttributeValue::S(seen.clone()))
+                .expression_attribute_values(":until", AttributeValue::N(until.to_string())),
+            // A marker written before owners were recorded.
+            _ => update.condition_expression("#j = :j AND attribute_not_exists(owner_token)"),
+        };
+        match update.send().await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                // Renewed, taken by another `resume`, or closed, since it was read.
+                return match self.marker(user).await? {
+                    Some(now) => Err(self.taken(user, &now)),
+                    None => Ok(None),
+                };
+            }
+            Err(e) => return Err(table_err(self.location(&m.journal), "taking over")(error_text(&e))),
+        }
+        let lease = self.hold(user, token);
+        let (state, next_seq) = self.load(&m.journal).await?;
         Ok(Some(Journal {
-            path: self.location(&pk),
-            sink: Sink::Table { store: self.clone(), pk },
+            path: self.location(&m.journal),
+            sink: Sink::Table { store: self.clone(), pk: m.journal, lease },
             next_seq,
             state,
             crash_after: crash_after_from_env(),
@@ -169,7 +363,7 @@ impl SharedJournals {
         fold(&path, &lines, false)
     }
 
-    pub(super) async fn list_unfinished(&self) -> Result<Vec<(PathBuf, State)>, JournalError> {
+    pub(super) async fn list_unfinished(&self) -> Result<Vec<Unfinished>, JournalError> {
         let prefix = format!("active#{}/", self.account);
         let mut journals = Vec::new();
         let mut start = None;
@@ -187,17 +381,18 @@ impl SharedJournals {
                 .await
                 .map_err(|e| error_text(&e))
                 .map_err(table_err(self.location(&prefix), "listing"))?;
-            journals.extend(out.items().iter().filter_map(|i| i.get("journal").and_then(|v| v.as_s().ok()).cloned()));
+            journals.extend(out.items().iter().filter_map(Marker::from_item));
             start = out.last_evaluated_key().cloned();
             if start.is_none() {
                 break;
             }
         }
-        journals.sort();
+        journals.sort_by(|a, b| a.journal.cmp(&b.journal));
         let mut out = Vec::new();
-        for pk in journals {
-            let (state, _) = self.load(&pk).await?;
-            out.push((self.location(&pk), state));
+        let now = SystemTime::now();
+        for m in journals {
+            let (state, _) = self.load(&m.journal).await?;
+            out.push(Unfinished { path: self.location(&m.journal), state, running: m.running(now) });
         }
         Ok(out)
     }
@@ -226,7 +421,7 @@ impl SharedJournals {
         }
     }
 
-    pub(super) async fn archive(&self, pk: &str, user: &str) -> Result<PathBuf, JournalError> {
+    pub(super) async fn archive(&self, pk: &str, user: &str, lease: &Lease) -> Result<PathBuf, JournalError> {
         let marker = self.marker_pk(user);
         let out = self
             .client
@@ -234,18 +429,44 @@ impl SharedJournals {
             .table_name(&self.table)
             .key("pk", AttributeValue::S(marker.clone()))
             .key("sk", AttributeValue::N("0".into()))
-            .condition_expression("#j = :j")
+            .condition_expression("#j = :j AND owner_token = :me")
             .expression_attribute_names("#j", "journal")
             .expression_attribute_values(":j", AttributeValue::S(pk.to_string()))
+            .expression_attribute_values(":me", AttributeValue::S(lease.token.clone()))
             .send()
             .await;
         match out {
             Ok(_) => Ok(self.location(pk)),
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(JournalError::Table {
                 path: self.location(pk),
-                problem: format!("{marker} no longer points to this journal; it was closed by another runner"),
+                problem: format!(
+                    "{marker} no longer points to this journal, or another process took it over; it was closed or is driven by another runner"
+                ),
             }),
             Err(e) => Err(table_err(self.location(pk), "archiving")(error_text(&e))),
+        }
+    }
+
+    /// End this process's lease now, for a journal left unfinished: `resume` may take it at once.
+    pub(super) async fn release(&self, pk: &str, user: &str, lease: &Lease) -> Result<(), JournalError> {
+        lease.renewal.abort();
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(self.marker_pk(user)))
+            .key("sk", AttributeValue::N("0".into()))
+            .update_expression("SET lease_until = :zero")
+            .condition_expression("owner_token = :me")
+            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+            .expression_attribute_values(":me", AttributeValue::S(lease.token.clone()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            // Not ours any more: nothing to give up.
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
+            Err(e) => Err(table_err(self.location(pk), "releasing")(error_text(&e))),
         }
     }
 }

@@ -15,8 +15,12 @@
 //!   JSON line>"}`, put with `attribute_not_exists(sk)` so that two writers can never interleave one
 //!   journal: the slower one fails and stops instead;
 //! - while the rotation is unfinished, a marker `{pk: "active#<account>/<user>", sk: 0, journal:
-//!   "<the records' pk>"}`, put with `attribute_not_exists(pk)` (the exclusion `create_new` gives the
-//!   file) and deleted when the journal is archived. The records stay, as `history/` keeps files.
+//!   "<the records' pk>", owner_…, lease_until}`, put with `attribute_not_exists(pk)` (the exclusion
+//!   `create_new` gives the file) and deleted when the journal is archived. The records stay, as
+//!   `history/` keeps files.
+//!
+//! One process owns a journal at a time ([`owner`]): the local file's `flock`, or the marker's
+//! lease. Whoever cannot take it is refused before any side effect, naming the owner.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -27,9 +31,11 @@ use serde::{Deserialize, Serialize};
 
 mod dynamodb;
 mod local;
+pub mod owner;
 
 pub use dynamodb::SharedJournals;
 use local::{active_dir, io_err, make_private_dir, write_line};
+pub use owner::Owner;
 
 /// Test hook: abort the process right after the journal record with this sequence number is
 /// durable, to prove that `resume` recovers from a crash at every step boundary.
@@ -69,6 +75,24 @@ impl Outcome {
     }
 }
 
+/// What a journal drives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A rotation: a new key into the targets, the old one off.
+    #[default]
+    Rotation,
+    /// The end of a rotation whose deactivation was deferred (`rekey run` with a grace period):
+    /// probe, deactivate the old key, probe again, record when; no key is created, no target written.
+    FinishDeferred,
+}
+
+impl Kind {
+    fn is_rotation(&self) -> bool {
+        *self == Kind::Rotation
+    }
+}
+
 /// Everything `resume` needs to rebuild the rotation in a new process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Begin {
@@ -85,6 +109,14 @@ pub struct Begin {
     pub delete_old: bool,
     pub grace_secs: u64,
     pub ecs_timeout_secs: u64,
+    #[serde(default, skip_serializing_if = "Kind::is_rotation")]
+    pub kind: Kind,
+    /// End once the probes pass, the old key left Active with its deactivation time in a tag.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub defer_deactivation: bool,
+    /// Tag the old key with the time it was deactivated, for `rekey run`'s `delete_after`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mark_deactivated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +174,22 @@ pub enum Event {
     /// Probing again after the old key is off: if the app still used it, the old key goes back on.
     ProbeAfter {
         phase: Phase,
+    },
+    /// The user tag, keyed by the old key id, that defers its deactivation to a later `rekey run`.
+    /// `previous` (on `begin`) is the tag's value before, which a rollback puts back.
+    Defer {
+        key_id: String,
+        phase: Phase,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<String>,
+    },
+    /// The user tag recording when rekey deactivated the old key, for `delete_after`; `previous`
+    /// as for [`Event::Defer`].
+    MarkDeactivated {
+        key_id: String,
+        phase: Phase,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<String>,
     },
     DeleteOld {
         key_id: String,
@@ -218,6 +266,12 @@ pub struct State {
     pub grace: StepState,
     pub deactivate: StepState,
     pub probe_after: StepState,
+    pub defer: StepState,
+    /// The old key's tag before the deferral was written.
+    pub defer_previous: Option<String>,
+    pub marked: StepState,
+    /// The old key's tag before the time of its deactivation was written.
+    pub marked_previous: Option<String>,
     pub delete_old: StepState,
     pub rollback_reason: Option<String>,
     pub restored: Vec<StepState>,
@@ -244,6 +298,10 @@ impl State {
             grace: StepState::NotStarted,
             deactivate: StepState::NotStarted,
             probe_after: StepState::NotStarted,
+            defer: StepState::NotStarted,
+            defer_previous: None,
+            marked: StepState::NotStarted,
+            marked_previous: None,
             delete_old: StepState::NotStarted,
             rollback_reason: None,
             restored: vec![StepState::NotStarted; n],
@@ -286,6 +344,18 @@ impl State {
             }
             Event::Deactivate { phase, .. } => self.deactivate = StepState::from_phase(*phase),
             Event::ProbeAfter { phase } => self.probe_after = StepState::from_phase(*phase),
+            Event::Defer { phase, previous, .. } => {
+                self.defer = StepState::from_phase(*phase);
+                if *phase == Phase::Begin {
+                    self.defer_previous = previous.clone();
+                }
+            }
+            Event::MarkDeactivated { phase, previous, .. } => {
+                self.marked = StepState::from_phase(*phase);
+                if *phase == Phase::Begin {
+                    self.marked_previous = previous.clone();
+                }
+            }
             Event::DeleteOld { phase, .. } => self.delete_old = StepState::from_phase(*phase),
             Event::RollbackStart { reason } => self.rollback_reason = Some(reason.clone()),
             Event::Restore { target, phase, .. } => at(&mut self.restored, *target, *phase),
@@ -304,6 +374,12 @@ impl State {
         }
         if self.delete_old.started() {
             return "delete old key".into();
+        }
+        if self.marked.started() {
+            return "record when the old key was deactivated".into();
+        }
+        if self.defer.started() {
+            return "defer deactivation".into();
         }
         if self.probe_after.started() {
             return "probe after deactivation".into();
@@ -336,6 +412,12 @@ pub enum JournalError {
         "an unfinished rotation of {user} is journaled in {path}; run `rekey resume --user {user}` to finish or undo it"
     )]
     Unfinished { user: String, path: PathBuf },
+    /// Another process drives that rotation right now.
+    #[error(
+        "a rotation of {user} is running right now ({}), journaled in {path}; wait for it to end (`rekey status` shows it), or stop that process (Ctrl-C or SIGTERM rolls it back)",
+        owner::describe(owner.as_ref())
+    )]
+    Running { user: String, path: PathBuf, owner: Option<Owner> },
     #[error("journal {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("journal {path} line {line}: {problem}")]
@@ -354,8 +436,28 @@ pub struct Journal {
 }
 
 enum Sink {
+    /// The open file holds the `flock` that makes this process the journal's owner.
     File(File),
-    Table { store: SharedJournals, pk: String },
+    Table {
+        store: SharedJournals,
+        pk: String,
+        lease: dynamodb::Lease,
+    },
+}
+
+/// A rotation that has not ended cleanly, for `rekey status`.
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    pub path: PathBuf,
+    pub state: State,
+    /// The process driving it right now; `None`: nobody, it waits for `rekey resume`.
+    pub running: Option<Running>,
+}
+
+/// A journal someone holds; `owner` is `None` when it cannot be told who.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub owner: Option<Owner>,
 }
 
 /// Where journals are kept: files under the state folder (the default), or a DynamoDB table.
@@ -391,16 +493,17 @@ impl Journals {
         }
     }
 
-    /// Where the unfinished journal of `user` is, if there is one.
-    pub async fn unfinished(&self, user: &str) -> Result<Option<PathBuf>, JournalError> {
+    /// Fails when a rotation of `user` is unfinished ([`JournalError::Unfinished`]) or running
+    /// ([`JournalError::Running`], naming its owner): a new one must not start over it.
+    pub async fn vacant(&self, user: &str) -> Result<(), JournalError> {
         match self {
-            Journals::Local(dir) => Ok(Journal::unfinished_path(dir, user)),
-            Journals::Shared(s) => Ok(s.marker(user).await?.map(|records| s.location(&records))),
+            Journals::Local(dir) => Journal::vacant(dir, user),
+            Journals::Shared(s) => s.vacant(user).await,
         }
     }
 
     /// Every unfinished rotation (of this account, when shared).
-    pub async fn list_unfinished(&self) -> Result<Vec<(PathBuf, State)>, JournalError> {
+    pub async fn list_unfinished(&self) -> Result<Vec<Unfinished>, JournalError> {
         match self {
             Journals::Local(dir) => Journal::list_unfinished(dir),
             Journals::Shared(s) => s.list_unfinished().await,
@@ -431,10 +534,24 @@ impl Journal {
     async fn append(&mut self, record: &Record) -> Result<(), JournalError> {
         match &mut self.sink {
             Sink::File(file) => write_line(file, &self.path, record),
-            Sink::Table { store, pk } => {
+            Sink::Table { store, pk, lease } => {
+                // Taken over (this process was thought dead): the new owner drives the rotation now.
+                if let Some(problem) = lease.lost() {
+                    return Err(JournalError::Table { path: self.path.clone(), problem });
+                }
                 let line = serde_json::to_string(record).expect("journal records serialize");
                 store.put_record(pk, record, line).await
             }
+        }
+    }
+
+    /// Give up ownership of a journal that stays unfinished, so that `resume` can take it at once
+    /// (a file's lock goes with the file; a table's lease is ended now rather than left to run out).
+    pub async fn release(self) {
+        if let Sink::Table { store, pk, lease } = &self.sink
+            && let Err(e) = store.release(pk, &self.state.begin.user, lease).await
+        {
+            tracing::warn!("{e}; `rekey resume` can take the journal once its lease runs out");
         }
     }
 
@@ -452,8 +569,8 @@ impl Journal {
     /// Move the finished journal to `history/` (or drop its marker from the table), where
     /// `rekey status` no longer lists it.
     pub async fn archive(self) -> Result<PathBuf, JournalError> {
-        if let Sink::Table { store, pk } = &self.sink {
-            return store.archive(pk, &self.state.begin.user).await;
+        if let Sink::Table { store, pk, lease } = &self.sink {
+            return store.archive(pk, &self.state.begin.user, lease).await;
         }
         let state_dir = self.path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
         let history = state_dir.join("history");
@@ -461,6 +578,7 @@ impl Journal {
         let name = format!("{}-{}.jsonl", self.state.begin.user, self.state.begin.rotation_id);
         let to = history.join(name);
         fs::rename(&self.path, &to).map_err(io_err(&self.path))?;
+        local::forget_owner(&state_dir, &self.state.begin.user);
         for dir in [&history, &active_dir(&state_dir)] {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
         }
@@ -527,6 +645,9 @@ mod tests {
             delete_old: false,
             grace_secs: 0,
             ecs_timeout_secs: 900,
+            kind: Kind::Rotation,
+            defer_deactivation: false,
+            mark_deactivated: false,
         }
     }
 
@@ -549,12 +670,67 @@ mod tests {
         assert_eq!(j.state().last_step(), "push to env:/x");
     }
 
+    /// A record torn by a full disk or a power cut is cut off when the journal is taken over, so
+    /// the records written after it read back, and `status`/`resume` go on working.
+    #[tokio::test]
+    async fn a_torn_record_is_truncated_on_open_and_later_records_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::create(dir.path(), begin(), SystemTime::now()).unwrap();
+        j.record(Event::CreateKey { phase: Phase::Begin, key_id: None }).await.unwrap();
+        j.record(Event::CreateKey { phase: Phase::Done, key_id: Some("AKIANEW".into()) }).await.unwrap();
+        let path = j.path().to_path_buf();
+        drop(j);
+        let whole = std::fs::read(&path).unwrap();
+        // A disk that filled up mid-write; then a power cut that left a zero-filled block.
+        for torn in [&br#"{"seq":4,"at":"2026-01-01T00:00:00Z","event":"verify","pha"#[..], &[0u8; 512][..]] {
+            std::fs::write(&path, [&whole[..], torn].concat()).unwrap();
+            let mut j = Journal::open(dir.path(), "app").unwrap().unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), whole, "cut at the last complete line");
+            assert_eq!(j.next_seq, 4);
+            j.record(Event::Verify { phase: Phase::Begin }).await.unwrap();
+            j.record(Event::Verify { phase: Phase::Done }).await.unwrap();
+            drop(j);
+            let (state, next) = Journal::load(&path).unwrap();
+            assert_eq!((state.verify, next), (StepState::Done, 6), "the records after the tear read back");
+            let listed = Journal::list_unfinished(dir.path()).unwrap();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].state.new_key_id.as_deref(), Some("AKIANEW"));
+            std::fs::write(&path, &whole).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_running_journal_is_refused_to_others_naming_its_owner_and_free_once_it_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), begin(), SystemTime::now()).unwrap();
+        // Another process (a separate open of the file conflicts as another process would).
+        let err = Journal::open(dir.path(), "app").err().expect("refused while the owner lives");
+        let JournalError::Running { owner: Some(owner), .. } = &err else { panic!("{err}") };
+        assert_eq!(owner.pid, std::process::id());
+        let text = err.to_string();
+        assert!(text.contains(&format!("pid {} on host ", std::process::id())) && text.contains("since "), "{text}");
+        let err = Journal::create(dir.path(), begin(), SystemTime::now()).err().unwrap();
+        assert!(matches!(err, JournalError::Running { .. }), "{err}");
+        let listed = Journal::list_unfinished(dir.path()).unwrap();
+        assert!(listed[0].running.is_some(), "status shows it running");
+        // The owner dies (the kernel drops its lock): the journal is unfinished, and resume takes it.
+        drop(j);
+        let listed = Journal::list_unfinished(dir.path()).unwrap();
+        assert!(listed[0].running.is_none());
+        let err = Journal::create(dir.path(), begin(), SystemTime::now()).err().unwrap();
+        assert!(matches!(err, JournalError::Unfinished { .. }), "{err}");
+        let taken = Journal::open(dir.path(), "app").unwrap().expect("taken over");
+        assert!(Journal::list_unfinished(dir.path()).unwrap()[0].running.is_some());
+        taken.archive().await.unwrap();
+        assert!(!dir.path().join("active/app.owner").exists(), "the owner's name goes with the journal");
+    }
+
     #[tokio::test]
     async fn a_second_rotation_of_the_same_user_is_refused_until_archived() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(dir.path(), begin(), SystemTime::now()).unwrap();
         let err = Journal::create(dir.path(), begin(), SystemTime::now()).err().unwrap();
-        assert!(err.to_string().contains("rekey resume --user app"), "{err}");
+        assert!(matches!(err, JournalError::Running { .. }), "its owner still runs: {err}");
         assert_eq!(Journal::list_unfinished(dir.path()).unwrap().len(), 1);
         let archived = j.archive().await.unwrap();
         assert!(archived.starts_with(dir.path().join("history")));
