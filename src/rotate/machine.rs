@@ -867,6 +867,13 @@ impl Run<'_> {
     async fn roll_back(mut self, failure: Failure) -> Report {
         self.fx.progress.done();
         let reason = format!("{}: {}", failure.step, failure.error);
+        // Another process owns the rotation now: two undoing it at once would fight.
+        if let Some(why) = self.journal.lost() {
+            let user = self.user();
+            let left = vec![format!("{why}; `rekey status --user {user}` shows who drives it")];
+            let statuses = vec!["unknown"; self.targets.len()];
+            return self.failed_report(reason, None, statuses, left).await;
+        }
         tracing::error!("rotation failed at {reason}; rolling back");
         // Rotating its own key, rekey undoes with the old key while it is still Active; once it
         // may be off, only the new key can turn it back on.

@@ -35,17 +35,33 @@ pub(crate) struct Lease {
     token: String,
     /// Set once another process took the journal over.
     lost: Arc<Mutex<Option<String>>>,
+    /// Until when (epoch ms) the lease is known to be ours: the end of the last renewal that
+    /// succeeded. Past it, another host may have taken the journal over.
+    valid_until: Arc<std::sync::atomic::AtomicU64>,
     renewal: tokio::task::JoinHandle<()>,
 }
 
 impl Lease {
     /// No hold yet: a journal whose marker is not written.
     fn none() -> Lease {
-        Lease { token: String::new(), lost: Arc::new(Mutex::new(None)), renewal: tokio::spawn(async {}) }
+        Lease {
+            token: String::new(),
+            lost: Arc::new(Mutex::new(None)),
+            valid_until: Arc::new(u64::MAX.into()),
+            renewal: tokio::spawn(async {}),
+        }
     }
 
+    /// Why this process may no longer write the journal, if it may not: taken over, or not
+    /// renewed in time (then another host may have taken it over).
     pub(super) fn lost(&self) -> Option<String> {
-        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        if let Some(why) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(why);
+        }
+        let until = self.valid_until.load(std::sync::atomic::Ordering::SeqCst);
+        (epoch_ms(SystemTime::now()) > until).then(|| {
+            "this process's lease on the journal ran out (its renewals failed), so another runner may drive the rotation now; this one writes nothing more".to_string()
+        })
     }
 }
 
@@ -183,11 +199,15 @@ impl SharedJournals {
     /// process has taken it.
     fn hold(&self, user: &str, token: String) -> Lease {
         let lost = Arc::new(Mutex::new(None));
+        // A little short of the lease written, for the clock that passes while the write travels.
+        let valid_until = Arc::new(std::sync::atomic::AtomicU64::new(epoch_ms(SystemTime::now() + LEASE) - 2_000));
         let (store, marker, flag, me) = (self.clone(), self.marker_pk(user), lost.clone(), token.clone());
+        let valid = valid_until.clone();
         let renewal = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
-                let until = epoch_ms(SystemTime::now() + LEASE);
+                let sent = SystemTime::now();
+                let until = epoch_ms(sent + LEASE);
                 let out = store
                     .client
                     .update_item()
@@ -201,7 +221,7 @@ impl SharedJournals {
                     .send()
                     .await;
                 match out {
-                    Ok(_) => {}
+                    Ok(_) => valid.store(until - 2_000, std::sync::atomic::Ordering::SeqCst),
                     Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
                         let taker = store.marker_owner(&marker).await;
                         *flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
@@ -214,7 +234,7 @@ impl SharedJournals {
                 }
             }
         });
-        Lease { token, lost, renewal }
+        Lease { token, lost, valid_until, renewal }
     }
 
     async fn marker_owner(&self, marker_pk: &str) -> String {
@@ -468,5 +488,51 @@ impl SharedJournals {
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
             Err(e) => Err(table_err(self.location(pk), "releasing")(error_text(&e))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(owner: Owner, lease_until: u64) -> Marker {
+        Marker {
+            journal: "journal#1/app/x".into(),
+            owner: Some(owner),
+            token: Some("t".into()),
+            lease_until: Some(lease_until),
+        }
+    }
+
+    #[test]
+    fn a_marker_is_running_while_its_lease_is_live_and_its_owner_is_not_known_to_be_gone() {
+        let now = SystemTime::now();
+        let live = epoch_ms(now + LEASE);
+        let me = Owner::me(now);
+        assert!(marker(me.clone(), live).running(now).is_some(), "a live owner on this host");
+        assert!(marker(me.clone(), epoch_ms(now) - 1).running(now).is_none(), "the lease ran out");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = Owner { pid: child.id(), ..me.clone() };
+        child.wait().unwrap();
+        assert!(marker(gone, live).running(now).is_none(), "its process is gone from this host");
+        let elsewhere = Owner { host: "another-host".into(), pid: 1, ..me.clone() };
+        assert!(marker(elsewhere, live).running(now).is_some(), "only the lease tells, from another host");
+        let old = Marker { owner: None, token: None, lease_until: None, ..marker(me, live) };
+        assert!(old.running(now).is_none(), "a marker from before owners were recorded");
+    }
+
+    #[tokio::test]
+    async fn a_lease_not_renewed_in_time_or_taken_over_forbids_further_records() {
+        let lease = |valid_until: u64| Lease {
+            token: "t".into(),
+            lost: Arc::new(Mutex::new(None)),
+            valid_until: Arc::new(valid_until.into()),
+            renewal: tokio::spawn(async {}),
+        };
+        assert_eq!(lease(epoch_ms(SystemTime::now() + LEASE)).lost(), None);
+        assert!(lease(epoch_ms(SystemTime::now()) - 1).lost().unwrap().contains("ran out"));
+        let taken = lease(u64::MAX);
+        *taken.lost.lock().unwrap() = Some("another process took this rotation over".into());
+        assert!(taken.lost().unwrap().contains("took this rotation over"));
     }
 }

@@ -545,6 +545,15 @@ impl Journal {
         }
     }
 
+    /// Why this process no longer owns the journal, if it does not: another took the rotation over
+    /// (a shared journal whose lease lapsed). It must then leave the rotation to that one.
+    pub fn lost(&self) -> Option<String> {
+        match &self.sink {
+            Sink::File(_) => None,
+            Sink::Table { lease, .. } => lease.lost(),
+        }
+    }
+
     /// Give up ownership of a journal that stays unfinished, so that `resume` can take it at once
     /// (a file's lock goes with the file; a table's lease is ended now rather than left to run out).
     pub async fn release(self) {
