@@ -39,7 +39,7 @@ use crate::rotate::journal::{Journals, SharedJournals};
 use crate::rotate::machine::{
     self as rotation, DEACTIVATE_AFTER, Effects, Factory, Refusal, Report, Settings, TargetSetting,
 };
-use crate::rotate::wait::{Streak, until_streak};
+use crate::rotate::wait::{Streak, Verify, until_streak};
 
 /// Tag value prefix on a key that rekey deactivated, with the time it did.
 pub const DEACTIVATED_AT: &str = "rekey-deactivated-at-";
@@ -49,7 +49,7 @@ pub const DEACTIVATED_AT: &str = "rekey-deactivated-at-";
 pub struct Options {
     pub concurrency: usize,
     pub state_dir: PathBuf,
-    pub verify: Streak,
+    pub verify: Verify,
     pub probe: Streak,
     pub ecs_timeout: Duration,
     /// How long a lock outlives a runner that crashed.
