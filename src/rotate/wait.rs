@@ -46,6 +46,22 @@ pub async fn until_streak<F, Fut>(
     streak: &Streak,
     progress: &Progress,
     what: &str,
+    check: F,
+) -> Result<u32, StreakFailed>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    until_streak_paced(clock, streak, Duration::from_secs(5), progress, what, check).await
+}
+
+/// [`until_streak`] with backoff after failures up to `max_backoff`.
+async fn until_streak_paced<F, Fut>(
+    clock: &dyn Clock,
+    streak: &Streak,
+    max_backoff: Duration,
+    progress: &Progress,
+    what: &str,
     mut check: F,
 ) -> Result<u32, StreakFailed>
 where
@@ -56,7 +72,7 @@ where
     let new_backoff = || {
         ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(5))
+            .with_max_delay(max_backoff)
             .with_jitter()
             .without_max_times()
             .build()
@@ -89,7 +105,7 @@ where
                 in_a_row = 0;
             }
         }
-        let pause = if in_a_row > 0 { streak.interval } else { backoff.next().unwrap_or(Duration::from_secs(5)) };
+        let pause = if in_a_row > 0 { streak.interval } else { backoff.next().unwrap_or(max_backoff) };
         let left = clock.until(deadline);
         if left.is_zero() {
             break;
@@ -113,6 +129,9 @@ pub struct Verify {
     pub max_reject: f64,
 }
 
+/// The longest pause after a failed round of key checks.
+const ROUND_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Wait until the new key is accepted in every Region by all but `max_reject` of the hosts a
 /// round of checks reaches, `rounds.successes` rounds in a row. Returns the rounds run.
 pub async fn until_propagated(
@@ -124,7 +143,10 @@ pub async fn until_propagated(
     key: &NewKey,
 ) -> Result<u32, StreakFailed> {
     let regions = key_check.regions();
-    until_streak(clock, &verify.rounds, progress, what, || round(verify, &regions, key_check, key)).await
+    // A round is cheap and the key arrives any moment: each second of backoff past that moment is a
+    // second every rotation waits for nothing.
+    let check = || round(verify, &regions, key_check, key);
+    until_streak_paced(clock, &verify.rounds, ROUND_BACKOFF, progress, what, check).await
 }
 
 #[derive(Debug, Default)]
