@@ -797,6 +797,7 @@ impl Run<'_> {
         // must not wait through restores and ECS rollouts for it, and it takes IAM seconds to
         // reach every host again; it must also work again before the new key goes away.
         let old = self.state().begin.old_key_id.clone();
+        let mut old_key_off = false;
         if self.state().deactivate.started() && self.state().delete_old != StepState::Done {
             let t = Instant::now();
             let _ = self.record(Event::Reactivate { key_id: old.clone(), phase: Phase::Begin }).await;
@@ -806,13 +807,13 @@ impl Run<'_> {
                     self.step("reactivate_old", "ok", t);
                 }
                 Err(e) => {
+                    // Restoring a target to a key that is still off would break what works on the new one.
+                    old_key_off = true;
                     self.step("reactivate_old", "failed", t);
-                    left.push(format!("the old key {old} is still Inactive ({e}): reactivate it with `aws iam update-access-key --user-name {user} --access-key-id {old} --status Active`"));
+                    left.push(format!("the old key {old} is still Inactive ({e}): reactivate it with `aws iam update-access-key --user-name {user} --access-key-id {old} --status Active`; the targets keep the new key until then"));
                 }
             }
         }
-        // Restoring a target to a key that is still off would break what works on the new one.
-        let old_key_off = !left.is_empty();
 
         let n = self.targets.len();
         let mut statuses = vec!["unchanged"; n];
