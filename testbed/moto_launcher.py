@@ -5,8 +5,9 @@ between moto's auth enforcement and real AWS that would otherwise make a zero-do
 test pass for the wrong reason or fail to see the error code at all: inactive keys,
 auth error shapes, Lambda GET signatures, IAM condition evaluation (patch 5, which
 also lets a test choose its caller's aws:SourceIp with an X-Forwarded-For header),
-user-scoped IAM resources with policy variables (patch 10), and atomic DynamoDB conditional
-writes (patch 15).
+user-scoped IAM resources with policy variables (patch 10), IAM's eventual consistency (patch 12:
+a new, deactivated or reactivated key is seen by each of N hosts at its own moment), and atomic
+DynamoDB conditional writes (patch 15).
 
 Usage: python moto_launcher.py [moto_server args...]
 """
@@ -626,6 +627,177 @@ def _atomic(method):
 
 for _name in ("put_item", "update_item", "delete_item", "transact_write_items"):
     setattr(_DynamoDBBackend, _name, _atomic(getattr(_DynamoDBBackend, _name)))
+
+
+# ---- rekey verify: IAM eventual consistency (patch 12) --------------------------------------
+# 12. IAM is eventually consistent: a new key reaches the many hosts behind each STS (and other
+#     service) endpoint one by one over seconds, and a deactivation (or reactivation) takes as long
+#     to be seen everywhere (AWS docs "Changes that I make are not always immediately visible";
+#     aws-vault PR #170; aws-rotate-iam-keys #81 failed 1 call in 10 after a passing check). moto
+#     knows a key everywhere the moment it exists, so a rotation that trusts a key after a few
+#     lucky checks, and an application that then breaks, would both look fine. This models N hosts;
+#     after each change of a key's status (creation included) host i sees the change only
+#     `delay_i` later, delay_i drawn uniformly in [0, window] per change and host; every signed
+#     request lands on a random host, as calls on fresh connections do. A host that does not
+#     (yet, or any longer) see the key Active answers InvalidClientTokenId, as IAM does.
+#     Only changes made while the model is on are lagged; a deletion takes effect at once (moto
+#     forgets the secret, and rekey never relies on a deleted key still working).
+#     Off by default. POST /moto-api/rekey/propagation?endpoints=N&window=SECONDS&seed=S turns it
+#     on (endpoints=0 turns it off); GET answers the settings and how many requests a lagging host
+#     rejected, so a test can show the model really bit. Env REKEY_IAM_ENDPOINTS,
+#     REKEY_IAM_WINDOW and REKEY_IAM_SEED set it at start.
+import os
+import random
+
+from moto.iam import models as _iam_models
+
+
+class _Propagation:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.configure(0, 0.0, 0)
+
+    def configure(self, endpoints, window, seed):
+        with self.lock:
+            self.endpoints = max(0, int(endpoints))
+            self.window = max(0.0, float(window))
+            self.delays = random.Random(seed)
+            self.route = random.Random(seed + 1_000_003)
+            # key id -> [(when, status before, status after, per-host delays)], in time order
+            self.changes = {}
+            self.lag_rejections = 0
+
+    def on(self):
+        return self.endpoints > 0
+
+    def record(self, key_id, before, after):
+        with self.lock:
+            if not self.on():
+                return
+            delays = [self.delays.uniform(0.0, self.window) for _ in range(self.endpoints)]
+            self.changes.setdefault(key_id, []).append((time.monotonic(), before, after, delays))
+
+    def seen(self, key_id):
+        """The key's status on the host this request landed on, None for a key with no lagged
+        change (moto's own answer stands), "absent" for a key that host has not heard of."""
+        with self.lock:
+            changes = self.changes.get(key_id)
+            if not self.on() or not changes:
+                return None
+            host = self.route.randrange(self.endpoints)
+            now = time.monotonic()
+            status = changes[0][1] or "absent"
+            for when, _, after, delays in changes:
+                if when + delays[host] <= now:
+                    status = after
+            return status
+
+    def rejected(self):
+        with self.lock:
+            self.lag_rejections += 1
+
+    def report(self):
+        with self.lock:
+            return {
+                "endpoints": self.endpoints,
+                "window": self.window,
+                "lagged_keys": len(self.changes),
+                "lag_rejections": self.lag_rejections,
+            }
+
+
+_PROPAGATION = _Propagation()
+if os.environ.get("REKEY_IAM_ENDPOINTS"):
+    _PROPAGATION.configure(
+        int(os.environ["REKEY_IAM_ENDPOINTS"]),
+        float(os.environ.get("REKEY_IAM_WINDOW", "5")),
+        int(os.environ.get("REKEY_IAM_SEED", "0")),
+    )
+
+_orig_key_setattr = _iam_models.AccessKey.__setattr__
+
+
+def _key_setattr(self, name, value):
+    if name == "status":
+        before = self.__dict__.get("status")  # None while the key is being created
+        if before != value:
+            _PROPAGATION.record(self.__dict__.get("access_key_id"), before, value)
+    _orig_key_setattr(self, name, value)
+
+
+_iam_models.AccessKey.__setattr__ = _key_setattr
+
+_patched_user_key_init = _ac.IAMUserAccessKey.__init__  # patch 1: Inactive keys fail
+
+
+def _propagated_user_key_init(self, account_id, partition, access_key_id, headers):
+    seen = _PROPAGATION.seen(access_key_id)
+    if seen is None:
+        return _patched_user_key_init(self, account_id, partition, access_key_id, headers)
+    # moto's own lookup (the secret to check the signature with; a deleted key fails here).
+    _orig_user_key_init(self, account_id, partition, access_key_id, headers)
+    if seen != "Active":
+        _PROPAGATION.rejected()
+        raise _ac.CreateAccessKeyFailure(reason="InvalidId")
+
+
+_ac.IAMUserAccessKey.__init__ = _propagated_user_key_init
+
+
+def _rekey_propagation(request, full_url, headers):
+    from urllib.parse import parse_qs, urlparse
+
+    if request.method == "POST":
+        query = parse_qs(urlparse(full_url).query)
+        one = lambda name, default: query.get(name, [default])[0]  # noqa: E731
+        _PROPAGATION.configure(int(one("endpoints", "0")), float(one("window", "0")), int(one("seed", "0")))
+    return 200, {"Content-Type": "application/json"}, json.dumps(_PROPAGATION.report())
+
+
+_api_urls.url_paths["{0}/moto-api/rekey/propagation"] = _rekey_propagation
+
+
+# 12b. Test seam, not fidelity: hold the next CreateAccessKey for a while before IAM handles it
+#     (POST /moto-api/rekey/hold-create-key?seconds=S; GET says how many are held now and in all),
+#     so that a test can have another actor create a key between rekey's preflight and its own
+#     CreateAccessKey, a race that is otherwise a few milliseconds wide. Other requests go on.
+_HOLD_CREATE = {"armed": 0, "seconds": 0.0, "holding": 0, "held": 0}
+_orig_create_access_key = _iam_models.IAMBackend.create_access_key
+
+
+def _held_create_access_key(self, *args, **kwargs):
+    with _INSTRUMENT_LOCK:
+        hold = _HOLD_CREATE["armed"] > 0
+        if hold:
+            _HOLD_CREATE["armed"] -= 1
+            _HOLD_CREATE["holding"] += 1
+            _HOLD_CREATE["held"] += 1
+            seconds = _HOLD_CREATE["seconds"]
+    if hold:
+        try:
+            time.sleep(seconds)
+        finally:
+            with _INSTRUMENT_LOCK:
+                _HOLD_CREATE["holding"] -= 1
+    return _orig_create_access_key(self, *args, **kwargs)
+
+
+_iam_models.IAMBackend.create_access_key = _held_create_access_key
+
+
+def _rekey_hold_create_key(request, full_url, headers):
+    from urllib.parse import parse_qs, urlparse
+
+    with _INSTRUMENT_LOCK:
+        if request.method == "POST":
+            _HOLD_CREATE["armed"] = 1
+            _HOLD_CREATE["seconds"] = float(parse_qs(urlparse(full_url).query)["seconds"][0])
+        body = dict(_HOLD_CREATE)
+    return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+
+_api_urls.url_paths["{0}/moto-api/rekey/hold-create-key"] = _rekey_hold_create_key
+# ---- end rekey verify ---------------------------------------------------------------------
 
 
 if __name__ == "__main__":

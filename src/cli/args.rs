@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 use rekey_adapters::TargetSpec;
 
-use crate::rotate::wait::Streak;
+use crate::rotate::wait::{Streak, Verify};
 #[derive(Parser, Debug)]
 #[command(name = "rekey", version, about = "Rotate AWS IAM access keys of deployed applications with zero downtime")]
 pub struct Cli {
@@ -54,7 +54,7 @@ pub(crate) enum Command {
     Trace(TraceArgs),
     /// A leaked key: fence the attacker out, cut over without downtime, revoke sessions,
     /// investigate, hunt backdoors, and write a report and a containment plan.
-    Incident(IncidentArgs),
+    Incident(Box<IncidentArgs>),
     /// Everything `incident` finds out, changing nothing: owner, timeline, backdoors, report, plan.
     Investigate(InvestigateArgs),
     /// Carry out (or undo) a containment plan written by `incident` or `investigate`.
@@ -364,9 +364,18 @@ pub(crate) struct JournalArgs {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct WaitArgs {
-    /// Consecutive successful sts:GetCallerIdentity calls with the new key before it is used.
+    /// Rounds of checks of the new key (sts:GetCallerIdentity signed with it) that must pass in a
+    /// row before any target gets it.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub(crate) verify_successes: u32,
+    /// Checks of the new key per --verify-region in each round, sent at once, each on a connection
+    /// of its own so they reach many of the hosts behind the endpoint.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) verify_checks: u32,
+    /// Fraction of a round's answered checks, per Region, that may still refuse the new key (as
+    /// 0.05 or 5%). 0: a single refusal fails the round.
+    #[arg(long, default_value = "0", value_parser = parse_fraction)]
+    pub(crate) verify_max_reject: f64,
     /// Bound on waiting for the new key to work.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub(crate) verify_timeout: Duration,
@@ -509,13 +518,35 @@ pub(crate) fn parse_user_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A fraction from 0 to 0.5, written 0.05 or 5%: past half, refusals would be the norm.
+pub(crate) fn parse_fraction(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let value = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|_| format!("{s:?} is not a fraction: write e.g. 0.05 or 5%"))?;
+    if !(0.0..=0.5).contains(&value) {
+        return Err(format!("{s} is out of range: write a fraction from 0 to 0.5 (or 0% to 50%)"));
+    }
+    Ok(value)
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 10m, 1h)"))
 }
 
 impl WaitArgs {
-    pub(crate) fn verify(&self) -> Streak {
-        Streak { successes: self.verify_successes, timeout: self.verify_timeout, interval: self.check_interval }
+    pub(crate) fn verify(&self) -> Verify {
+        Verify {
+            rounds: Streak {
+                successes: self.verify_successes,
+                timeout: self.verify_timeout,
+                interval: self.check_interval,
+            },
+            checks: self.verify_checks,
+            max_reject: self.verify_max_reject,
+        }
     }
     pub(crate) fn probe(&self) -> Streak {
         Streak { successes: self.probe_successes, timeout: self.probe_timeout, interval: self.check_interval }

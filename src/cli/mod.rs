@@ -17,7 +17,7 @@ use crate::aws::Wiring;
 use crate::exit::Status;
 use crate::rotate::journal::{Journals, Outcome};
 use crate::rotate::machine::{self as rotation, Refusal, Settings, TargetSetting};
-use crate::rotate::wait::Streak;
+use crate::rotate::wait::{Streak, Verify};
 
 fn default_state_dir() -> Result<PathBuf, String> {
     if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
@@ -561,7 +561,7 @@ async fn fleet(cli: &Cli, state_dir: PathBuf, config: &std::path::Path, run: Opt
     let opts = crate::fleet::Options {
         concurrency: run.map_or(1, |r| r.concurrency as usize),
         state_dir: state_dir.clone(),
-        verify: run.map_or(idle.clone(), |r| r.waits.verify()),
+        verify: run.map_or(Verify { rounds: idle.clone(), checks: 1, max_reject: 0.0 }, |r| r.waits.verify()),
         probe: run.map_or(idle, |r| r.waits.probe()),
         ecs_timeout: run.map_or(Duration::from_secs(900), |r| r.ecs_timeout),
         quiet: run.map_or(crate::rotate::evidence::DEFAULT_QUIET, |r| r.quiet_period),

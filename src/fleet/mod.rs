@@ -40,14 +40,14 @@ pub use crate::rotate::machine::DEACTIVATED_AT;
 use crate::rotate::machine::{
     self as rotation, DEACTIVATE_AFTER, Deferral, Effects, Refusal, Report, Settings, TargetSetting,
 };
-use crate::rotate::wait::Streak;
+use crate::rotate::wait::{Streak, Verify};
 
 /// What the command line adds to the config.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub concurrency: usize,
     pub state_dir: PathBuf,
-    pub verify: Streak,
+    pub verify: Verify,
     pub probe: Streak,
     pub ecs_timeout: Duration,
     /// How long a rotation watches the old key before deactivating it (`--quiet-period`).

@@ -10,7 +10,7 @@ use crate::rotate::fakes::{FakeClock, FakeEvidence, FakeFactory, FakeIam, FakeKe
 use crate::rotate::iam::KeyStatus::{Active, Inactive};
 use crate::rotate::journal::{Journal, Journals};
 use crate::rotate::machine::{Effects, Report, Settings, TargetSetting, rotate};
-use crate::rotate::wait::Streak;
+use crate::rotate::wait::{Streak, Verify};
 
 const OLD: &str = "AKIAOLD0000000000001";
 const USER: &str = "app-integration-user";
@@ -119,7 +119,7 @@ impl Bed {
             old_key: None,
             targets: vec![TargetSetting { spec: "env:/a".parse().unwrap(), restart_cmd: None }],
             probes: vec!["http://app/health".into()],
-            verify: streak.clone(),
+            verify: Verify { rounds: streak.clone(), checks: 4, max_reject: 0.0 },
             probe: streak,
             grace: Duration::ZERO,
             delete_old: false,

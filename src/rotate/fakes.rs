@@ -10,7 +10,7 @@ use rekey_adapters::{ErrorKind, NewKey, Preflight, Role, Snapshot, Target, Targe
 use secrecy::SecretString;
 
 use crate::rotate::clock::Clock;
-use crate::rotate::iam::{Caller, Iam, IamError, KeyCheck, KeyInfo, KeyStatus, LastUsed};
+use crate::rotate::iam::{Answer, Caller, Iam, IamError, KeyCheck, KeyInfo, KeyStatus, LastUsed};
 use crate::rotate::machine::Factory;
 use crate::rotate::probe::Probe;
 
@@ -24,9 +24,14 @@ pub struct FakeClock {
     now: Mutex<SystemTime>,
 }
 
+/// Where every [`FakeClock`] starts; the fake IAM dates the keys it creates by it.
+pub fn fake_start() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
 impl FakeClock {
     pub fn new() -> Self {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let start = fake_start();
         FakeClock { start, now: Mutex::new(start) }
     }
 
@@ -79,6 +84,10 @@ pub struct World {
     pub tags: Mutex<HashMap<(String, String), String>>,
     /// The next tag write lands, but its answer is lost (the caller sees an error).
     pub tag_answer_lost: Mutex<bool>,
+    /// Another actor creates this key (created at the given time) just before rekey's CreateAccessKey.
+    pub intruder: Mutex<Option<(String, SystemTime)>>,
+    /// CreateAccessKey creates the key, but its answer is lost.
+    pub create_answer_lost: Mutex<bool>,
 }
 
 impl World {
@@ -155,13 +164,19 @@ impl Iam for FakeIam {
         }
         let mut keys = lock(&self.0.keys);
         let list = keys.get_mut(user).ok_or_else(|| IamError::NoSuchUser(user.into()))?;
+        if let Some((id, created)) = lock(&self.0.intruder).take() {
+            list.push(KeyInfo { id, status: KeyStatus::Active, created: Some(created) });
+        }
         if list.len() >= 2 {
             return Err(IamError::LimitExceeded);
         }
         let mut n = lock(&self.0.next_key);
         *n += 1;
         let id = format!("AKIANEW{:013}", *n);
-        list.push(KeyInfo { id: id.clone(), status: KeyStatus::Active, created: None });
+        list.push(KeyInfo { id: id.clone(), status: KeyStatus::Active, created: Some(fake_start()) });
+        if *lock(&self.0.create_answer_lost) {
+            return Err(IamError::Other("dispatch failure: connection reset".into()));
+        }
         Ok(NewKey::new(id, SecretString::from(format!("secret-of-new-key-{n}"))))
     }
 
@@ -219,15 +234,20 @@ pub struct FakeKeyCheck(pub Arc<World>);
 
 #[async_trait]
 impl KeyCheck for FakeKeyCheck {
-    async fn check(&self, key: &NewKey) -> Result<String, String> {
+    fn regions(&self) -> Vec<String> {
+        vec!["us-east-1".into()]
+    }
+
+    async fn check(&self, _key: &NewKey, _region: usize) -> Answer {
+        self.0.log("check_key".into());
         let mut failures = lock(&self.0.key_check_failures);
         if *failures > 0 {
             if *failures != u32::MAX {
                 *failures -= 1;
             }
-            return Err("InvalidClientTokenId".into());
+            return Answer::Rejected("InvalidClientTokenId".into());
         }
-        Ok(format!("arn:aws:iam::123456789012:user/for-{}", key.access_key_id))
+        Answer::Accepted
     }
 }
 

@@ -89,6 +89,14 @@ pub enum IamError {
     Other(String),
 }
 
+impl IamError {
+    /// IAM answered and refused: the call changed nothing. `Other` covers server errors and lost
+    /// answers, after which a call may or may not have taken effect.
+    pub fn created_nothing(&self) -> bool {
+        !matches!(self, IamError::Other(_))
+    }
+}
+
 /// Which of the two keys signs a rotation's IAM calls when rekey rotates its own key
 /// (`rotate --self`): the machine says when the answer changes, the [`Iam`] acts on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,12 +126,27 @@ pub trait Iam: Send + Sync {
     fn sign_with(&self, _signer: Signer) {}
 }
 
-/// Signs one `sts:GetCallerIdentity` with a key: the only reliable "does it work yet" test, since
-/// it needs no permission and fails for a key that has not propagated or was deactivated.
+/// What one check of a key answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The endpoint knows the key.
+    Accepted,
+    /// The endpoint refused the key (the error code): it has not learnt it yet, or it was revoked.
+    Rejected(String),
+    /// No verdict about the key: throttled, a server error, a timeout, a broken connection.
+    Inconclusive(String),
+}
+
+/// Signs `sts:GetCallerIdentity` with a key: the only reliable "does it work yet" test, since it
+/// needs no permission and fails for a key that has not propagated or was deactivated.
 #[async_trait]
 pub trait KeyCheck: Send + Sync {
-    /// The caller ARN on success, the error code otherwise.
-    async fn check(&self, key: &NewKey) -> Result<String, String>;
+    /// The Regions whose endpoints are checked, by name (for messages); never empty.
+    fn regions(&self) -> Vec<String>;
+    /// One call signed with `key` to the endpoint of `regions()[region]`, on a connection of its
+    /// own: IAM reaches the hosts behind an endpoint one by one, and a pooled connection would ask
+    /// the same host every time.
+    async fn check(&self, key: &NewKey, region: usize) -> Answer;
 }
 
 pub struct AwsIam {
@@ -276,35 +299,81 @@ pub struct StsKeyCheck {
 impl StsKeyCheck {
     /// `regions` empty: the region of `sdk` only.
     pub fn new(sdk: &aws_types::SdkConfig, regions: &[String]) -> Self {
-        let regional = if regions.is_empty() {
-            vec![sdk.clone()]
-        } else {
-            regions.iter().map(|r| sdk.to_builder().region(aws_types::region::Region::new(r.clone())).build()).collect()
+        let http = fresh_connections(sdk);
+        let at = |region: Option<&str>| {
+            let mut b = sdk.to_builder();
+            if let Some(r) = region {
+                b = b.region(aws_types::region::Region::new(r.to_string()));
+            }
+            if let Some(http) = &http {
+                b = b.http_client(http.clone());
+            }
+            b.build()
         };
+        let regional =
+            if regions.is_empty() { vec![at(None)] } else { regions.iter().map(|r| at(Some(r.as_str()))).collect() };
         StsKeyCheck { regional }
     }
 }
 
+/// An HTTP client that never reuses a connection, so that each check may land on another host of
+/// the endpoint, as the application's own new connections will. Behind a proxy the proxy picks the
+/// upstream connection anyway: the SDK's own client (which honours the proxy settings) is kept.
+fn fresh_connections(sdk: &aws_types::SdkConfig) -> Option<aws_types::sdk_config::SharedHttpClient> {
+    let proxied = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|p| !p.is_empty()));
+    if proxied && sdk.http_client().is_some() {
+        return None;
+    }
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    Some(
+        aws_smithy_http_client::Builder::new()
+            // An idle connection that expired at once is never handed out again.
+            .pool_idle_timeout(std::time::Duration::ZERO)
+            .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+            .build_https(),
+    )
+}
+
+/// Error codes that say nothing about the key: the endpoint was busy or failed.
+const NO_VERDICT: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalError",
+    "RequestTimeout",
+    "RequestTimeoutException",
+];
+
 #[async_trait]
 impl KeyCheck for StsKeyCheck {
-    async fn check(&self, key: &NewKey) -> Result<String, String> {
-        let mut arn = String::new();
-        for sdk in &self.regional {
-            // Credentials keeps its copy of the secret in a Zeroizing<String>.
-            let creds =
-                Credentials::new(key.access_key_id.clone(), key.secret().to_string(), None, None, "rekey-new-key");
-            let conf = aws_sdk_sts::config::Builder::from(sdk).credentials_provider(creds).build();
-            let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
-            match aws_sdk_sts::Client::from_conf(conf).get_caller_identity().send().await {
-                Ok(out) => arn = out.arn().unwrap_or_default().to_string(),
+    fn regions(&self) -> Vec<String> {
+        self.regional
+            .iter()
+            .map(|sdk| sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "default".into()))
+            .collect()
+    }
+
+    async fn check(&self, key: &NewKey, region: usize) -> Answer {
+        let Some(sdk) = self.regional.get(region) else {
+            return Answer::Inconclusive(format!("no Region #{region}"));
+        };
+        // Credentials keeps its copy of the secret in a Zeroizing<String>.
+        let creds = Credentials::new(key.access_key_id.clone(), key.secret().to_string(), None, None, "rekey-new-key");
+        let conf = aws_sdk_sts::config::Builder::from(sdk).credentials_provider(creds).build();
+        match aws_sdk_sts::Client::from_conf(conf).get_caller_identity().send().await {
+            Ok(_) => Answer::Accepted,
+            Err(e) => match e.code() {
+                Some(code) if !NO_VERDICT.contains(&code) => Answer::Rejected(code.to_string()),
+                Some(code) => Answer::Inconclusive(code.to_string()),
                 // Without a code the error is transport-level; its text carries no request data.
-                Err(e) => {
-                    let why = e.code().map(str::to_string).unwrap_or_else(|| crate::aws::chain(&e));
-                    return Err(if self.regional.len() > 1 { format!("{why} in {region}") } else { why });
-                }
-            }
+                None => Answer::Inconclusive(crate::aws::chain(&e)),
+            },
         }
-        Ok(arn)
     }
 }
 

@@ -22,7 +22,7 @@ use crate::rotate::journal::{
 };
 use crate::rotate::probe::{Probe, redact_url};
 use crate::rotate::trust;
-use crate::rotate::wait::{Streak, until_streak};
+use crate::rotate::wait::{Streak, Verify, until_propagated, until_streak};
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ pub struct Settings {
     pub old_key: Option<String>,
     pub targets: Vec<TargetSetting>,
     pub probes: Vec<String>,
-    pub verify: Streak,
+    pub verify: Verify,
     pub probe: Streak,
     pub grace: Duration,
     pub delete_old: bool,
@@ -322,6 +322,13 @@ pub async fn resume(
         return Ok(run.retry_cleanup(outcome).await);
     }
 
+    // A rollback that began is finished, not turned round: it may already have turned the old key
+    // back on or restored targets to it. Only a deleted old key leaves no way back.
+    if let Some(reason) = state.rollback_reason.clone().filter(|_| !state.delete_old.started()) {
+        return Ok(run
+            .roll_back(Failure::new("resume", format!("finishing the rollback begun after: {reason}")))
+            .await);
+    }
     if state.delete_old.started() || (state.deactivate == StepState::Done && !force_rollback) {
         // The old key is off or gone: only the end of the forward path is left.
         let result = run.after_deactivation(begin.delete_old).await;
@@ -329,11 +336,6 @@ pub async fn resume(
             Ok(()) => run.complete(None).await,
             Err(f) => run.roll_back(f).await,
         });
-    }
-    if let Some(reason) = state.rollback_reason.clone() {
-        return Ok(run
-            .roll_back(Failure::new("resume", format!("finishing the rollback begun after: {reason}")))
-            .await);
     }
     let all_pushed = !state.consumers.is_empty() && state.consumers.iter().all(|s| *s == StepState::Done);
     let can_finish = state.verify == StepState::Done && all_pushed;
@@ -537,7 +539,17 @@ impl Run<'_> {
         // Create the key. From here on, every failure rolls back.
         let t = Instant::now();
         self.record(Event::CreateKey { phase: Phase::Begin, key_id: None }).await?;
-        let key = iam.create_key(&user).await.map_err(|e| Failure::new("create_key", e))?;
+        let key = match iam.create_key(&user).await {
+            Ok(key) => key,
+            Err(e) => {
+                // IAM's own refusal (LimitExceeded, AccessDenied, ...) means nothing was created; any
+                // other error may have been a lost answer to a call that did create the key.
+                if e.created_nothing() {
+                    let _ = self.record(Event::CreateKey { phase: Phase::Failed, key_id: None }).await;
+                }
+                return Err(Failure::new("create_key", e));
+            }
+        };
         self.record(Event::CreateKey { phase: Phase::Done, key_id: Some(key.access_key_id.clone()) }).await?;
         // Compact, like a console key description; the rotation id is the creation time.
         let description = format!("rekey-rotation-{}", self.state().begin.rotation_id);
@@ -554,15 +566,14 @@ impl Run<'_> {
         let staged = self.targets[0].stage(&key, &snapshot).await.map_err(|e| Failure::new("stage", e))?;
         self.record(Event::Stage { target: 0, phase: if staged { Phase::Done } else { Phase::Failed } }).await?;
 
-        // Wait until the key works, several times in a row.
+        // Wait until (nearly) every host behind the verify Regions' endpoints knows the key, in
+        // several rounds in a row: the application's requests will land on any of them.
         let t = Instant::now();
         self.record(Event::Verify { phase: Phase::Begin }).await?;
-        let check = self.fx.key_check;
-        until_streak(clock, &s.verify, self.fx.progress, &format!("new key {}", key.access_key_id), || async {
-            check.check(&key).await.map(|_| ())
-        })
-        .await
-        .map_err(|e| Failure::new("verify_key", format!("the new key {} never worked: {e}", key.access_key_id)))?;
+        let what = format!("new key {}", key.access_key_id);
+        until_propagated(clock, &s.verify, self.fx.progress, &what, self.fx.key_check, &key)
+            .await
+            .map_err(|e| Failure::new("verify_key", format!("the new key {} never worked: {e}", key.access_key_id)))?;
         self.fx.progress.done();
         self.record(Event::Verify { phase: Phase::Done }).await?;
         self.step("verify_key", "ok", t);
@@ -892,6 +903,28 @@ impl Run<'_> {
             ));
         }
         let user = self.user();
+        // The old key first: consumers still on it (and every target about to be restored to it)
+        // must not wait through restores and ECS rollouts for it, and it takes IAM seconds to
+        // reach every host again; it must also work again before the new key goes away.
+        let old = self.state().begin.old_key_id.clone();
+        let mut old_key_off = false;
+        if self.state().deactivate.started() && self.state().delete_old != StepState::Done {
+            let t = Instant::now();
+            let _ = self.record(Event::Reactivate { key_id: old.clone(), phase: Phase::Begin }).await;
+            match self.fx.iam.set_status(&user, &old, KeyStatus::Active).await {
+                Ok(()) => {
+                    let _ = self.record(Event::Reactivate { key_id: old.clone(), phase: Phase::Done }).await;
+                    self.step("reactivate_old", "ok", t);
+                }
+                Err(e) => {
+                    // Restoring a target to a key that is still off would break what works on the new one.
+                    old_key_off = true;
+                    self.step("reactivate_old", "failed", t);
+                    left.push(format!("the old key {old} is still Inactive ({e}): reactivate it with `aws iam update-access-key --user-name {user} --access-key-id {old} --status Active`; the targets keep the new key until then"));
+                }
+            }
+        }
+
         let n = self.targets.len();
         let mut statuses = vec!["unchanged"; n];
         let mut cleanup = Vec::new();
@@ -900,7 +933,7 @@ impl Run<'_> {
             .filter(|&i| self.targets[i].role() == Role::Store)
             .chain((0..n).rev().filter(|&i| self.targets[i].role() == Role::Deployer))
             .collect();
-        for i in order {
+        for i in order.into_iter().filter(|_| !old_key_off) {
             let Some(snapshot) = self.state().snapshots[i].clone() else { continue };
             let t = Instant::now();
             let name = format!("rollback:{}", self.targets[i].name());
@@ -927,23 +960,6 @@ impl Run<'_> {
                 }
             }
             self.fx.progress.done();
-        }
-
-        // The old key must be usable again before the new one goes away.
-        let old = self.state().begin.old_key_id.clone();
-        if self.state().deactivate.started() && self.state().delete_old != StepState::Done {
-            let t = Instant::now();
-            let _ = self.record(Event::Reactivate { key_id: old.clone(), phase: Phase::Begin }).await;
-            match self.fx.iam.set_status(&user, &old, KeyStatus::Active).await {
-                Ok(()) => {
-                    let _ = self.record(Event::Reactivate { key_id: old.clone(), phase: Phase::Done }).await;
-                    self.step("reactivate_old", "ok", t);
-                }
-                Err(e) => {
-                    self.step("reactivate_old", "failed", t);
-                    left.push(format!("the old key {old} is still Inactive ({e}): reactivate it with `aws iam update-access-key --user-name {user} --access-key-id {old} --status Active`"));
-                }
-            }
         }
 
         // Delete the new key only when no target still hands it out.
@@ -984,24 +1000,42 @@ impl Run<'_> {
         }
     }
 
-    /// The new key, or when the process died inside CreateAccessKey, any key the user did not have
-    /// before: its secret is lost, so it can only be an orphan.
+    /// The new key; or, when CreateAccessKey's outcome is unknown (the process died in it, or its
+    /// answer was lost), a key the user did not have at preflight and that was created after the
+    /// rotation began: its secret is lost, so it can only be an orphan of this rotation. A key
+    /// someone else made meanwhile is never rekey's to delete, and IAM's refusal (`LimitExceeded`,
+    /// journaled as failed) means rekey created nothing.
     async fn keys_to_delete(&mut self, user: &str) -> Vec<String> {
         let state = self.state();
         if let Some(k) = &state.new_key_id {
             return if state.new_key_deleted == StepState::Done { Vec::new() } else { vec![k.clone()] };
         }
-        if state.create == StepState::NotStarted {
+        if state.create != StepState::Begun {
             return Vec::new();
         }
         let existing = state.begin.existing_keys.clone();
-        match self.fx.iam.list_keys(user).await {
-            Ok(keys) => keys.into_iter().map(|k| k.id).filter(|id| !existing.contains(id)).collect(),
+        let began = rotation_began(&state.begin.rotation_id);
+        let keys = match self.fx.iam.list_keys(user).await {
+            Ok(keys) => keys,
             Err(e) => {
                 self.warnings.push(format!("could not list {user}'s keys to find an orphan new key: {e}"));
-                Vec::new()
+                return Vec::new();
+            }
+        };
+        let mut orphans = Vec::new();
+        for k in keys.into_iter().filter(|k| !existing.contains(&k.id)) {
+            // IAM keeps creation times to the second.
+            let after_begin = matches!((k.created, began), (Some(c), Some(b)) if c + Duration::from_secs(1) > b);
+            if after_begin {
+                orphans.push(k.id);
+            } else {
+                self.warnings.push(format!(
+                    "{user}'s key {} appeared during the rotation but was not created after it began: not rekey's, so it was left alone; if it is the orphan of this rotation (its answer was lost), delete it with `aws iam delete-access-key --user-name {user} --access-key-id {}`",
+                    k.id, k.id
+                ));
             }
         }
+        orphans
     }
 
     async fn finish_journal(
@@ -1222,6 +1256,27 @@ pub async fn finish_deferred(
         Ok(()) => run.complete(None).await,
         Err(f) => run.roll_back(f).await,
     })
+}
+
+/// When the rotation began, from its id (its begin time, RFC 3339 with the punctuation taken out).
+fn rotation_began(rotation_id: &str) -> Option<std::time::SystemTime> {
+    let b = rotation_id.as_bytes();
+    if b.len() < 15 || !rotation_id.is_ascii() {
+        return None;
+    }
+    let (date, rest) = rotation_id.split_at(8);
+    let (time, fraction) = (&rest[1..7], &rest[7..]);
+    let text = format!(
+        "{}-{}-{}T{}:{}:{}{}",
+        &date[..4],
+        &date[4..6],
+        &date[6..],
+        &time[..2],
+        &time[2..4],
+        &time[4..],
+        if fraction.len() > 1 { format!(".{fraction}") } else { fraction.to_string() }
+    );
+    humantime::parse_rfc3339(&text).ok()
 }
 
 fn list_or_none(keys: &[String]) -> String {

@@ -39,7 +39,7 @@ impl Bed {
             old_key: None,
             targets: self.specs.iter().map(|s| TargetSetting { spec: s.parse().unwrap(), restart_cmd: None }).collect(),
             probes: vec!["http://app/health".into()],
-            verify: streak.clone(),
+            verify: Verify { rounds: streak.clone(), checks: 4, max_reject: 0.0 },
             probe: streak,
             grace: Duration::ZERO,
             delete_old: false,
@@ -366,6 +366,11 @@ fn replay_effects(bed: &Bed, state: &crate::rotate::journal::State) {
         keys.push((k.as_str(), Active));
     }
     bed.world.with_user(USER, &keys);
+    if let Some(k) = &new_key
+        && let Some(info) = bed.world.keys.lock().unwrap().get_mut(USER).and_then(|l| l.iter_mut().find(|i| &i.id == k))
+    {
+        info.created = Some(crate::rotate::fakes::fake_start());
+    }
     for (i, applied) in state.applied.iter().enumerate() {
         let value = if applied.started() { new_key.clone().unwrap() } else { OLD.to_string() };
         bed.world.target_values.lock().unwrap().insert(i, value);
@@ -587,4 +592,97 @@ async fn a_deferred_deactivation_resumed_after_a_crash_at_every_record_ends_clea
         assert_eq!(bed.world.value(0).as_deref(), Some(new_key.as_str()), "the targets keep the new key");
     }
     assert!(between_deactivating_and_tagging, "a crash between deactivating and tagging was tried");
+}
+
+#[tokio::test]
+async fn rollback_reactivates_the_old_key_before_restoring_any_target() {
+    let bed = Bed::new(&["secretsmanager:app", "ecs:prod/api"]);
+    // Healthy until the old key is turned off, then the app breaks: roll back.
+    *bed.world.probe_answers.lock().unwrap() = [vec![true; 3], vec![false; 1000]].concat();
+    let report = bed.run().await;
+    assert_eq!(report.outcome, "rolled_back", "{report:?}");
+    bed.assert_rolled_back();
+    let calls = bed.world.calls();
+    let pos = |c: &str| calls.iter().position(|x| x == c).unwrap_or_else(|| panic!("{c} not in {calls:?}"));
+    let reactivate = pos(&format!("set_status {OLD} Active"));
+    assert!(reactivate < pos("rollback 0") && reactivate < pos("rollback 1"), "{calls:?}");
+    let names: Vec<_> = report.steps.iter().map(|s| s.name.as_str()).collect();
+    let step = |n: &str| names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("{n} not in {names:?}"));
+    assert!(step("reactivate_old") < step("rollback:secretsmanager:app"), "{names:?}");
+}
+
+#[tokio::test]
+async fn a_rollback_that_cannot_reactivate_the_old_key_leaves_the_targets_on_the_new_one() {
+    // Crash right after the old key was deactivated, then roll back while IAM refuses to turn it on.
+    let probe = Bed::new(&["env:/a"]);
+    assert_eq!(probe.run().await.outcome, "rotated");
+    let history = std::fs::read_dir(probe.dir.path().join("history")).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(history).unwrap();
+    let deactivated = text
+        .lines()
+        .position(|l| l.contains("\"deactivate\"") && l.contains("\"done\""))
+        .unwrap_or_else(|| panic!("no deactivation record in {text}"))
+        + 1;
+    let bed = Bed::new(&["env:/a"]);
+    simulate_crash(&bed, deactivated).await;
+    bed.world.fail(Op::SetStatus, "AccessDenied");
+    let report = bed.resume(true).await.unwrap();
+    assert_eq!(report.outcome, "failed", "{report:?}");
+    assert!(report.left.iter().any(|l| l.contains("still Inactive")), "{:?}", report.left);
+    let calls = bed.world.calls();
+    assert!(!calls.iter().any(|c| c.starts_with("rollback")), "no target was moved to the Inactive key: {calls:?}");
+    let new = bed.world.value(0).unwrap();
+    assert_ne!(new, OLD, "the target keeps the new key, which works");
+    assert!(bed.world.keys_of(USER).iter().any(|(k, s)| *k == new && *s == Active), "and the new key stays");
+
+    bed.world.faults_clear();
+    assert_eq!(bed.resume(false).await.unwrap().outcome, "rolled_back");
+    bed.assert_rolled_back();
+}
+
+#[tokio::test]
+async fn a_key_another_actor_created_before_rekeys_create_is_left_alone() {
+    let bed = Bed::new(&["env:/a"]);
+    let theirs = "AKIATHEIRS0000000001";
+    // Between preflight and CreateAccessKey someone else takes the free slot: IAM answers LimitExceeded.
+    *bed.world.intruder.lock().unwrap() = Some((theirs.to_string(), crate::rotate::fakes::fake_start()));
+    let report = bed.run().await;
+    assert_eq!(report.outcome, "rolled_back", "{report:?}");
+    assert!(report.error.as_deref().unwrap().contains("2 access keys"), "{report:?}");
+    assert_eq!(bed.world.keys_of(USER), vec![(OLD.to_string(), Active), (theirs.to_string(), Active)]);
+    assert!(!bed.world.calls().iter().any(|c| c.starts_with("delete_key")), "{:?}", bed.world.calls());
+    assert!(Journal::list_unfinished(bed.dir.path()).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_lost_create_answer_deletes_the_orphan_it_made() {
+    let bed = Bed::new(&["env:/a"]);
+    *bed.world.create_answer_lost.lock().unwrap() = true;
+    let report = bed.run().await;
+    assert_eq!(report.outcome, "rolled_back", "{report:?}");
+    assert!(bed.world.calls().contains(&"delete_key AKIANEW0000000000001".to_string()), "{:?}", bed.world.calls());
+    bed.assert_rolled_back();
+}
+
+#[tokio::test]
+async fn a_lost_create_answer_never_deletes_a_key_older_than_the_rotation() {
+    let bed = Bed::new(&["env:/a"]);
+    *bed.world.create_answer_lost.lock().unwrap() = true;
+    // The unknown key is dated before the rotation began: not provably rekey's.
+    bed.clock.sleep(Duration::from_secs(60)).await;
+    let report = bed.run().await;
+    assert_eq!(report.outcome, "rolled_back", "{report:?}");
+    assert!(!bed.world.calls().iter().any(|c| c.starts_with("delete_key")), "{:?}", bed.world.calls());
+    assert!(
+        report.warnings.iter().any(|w| w.contains("AKIANEW0000000000001") && w.contains("left alone")),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn the_rotation_id_says_when_it_began() {
+    let began = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_123);
+    let id = humantime::format_rfc3339_millis(began).to_string().replace([':', '-', '.'], "");
+    assert_eq!(rotation_began(&id), Some(began));
+    assert_eq!(rotation_began("garbage"), None);
 }

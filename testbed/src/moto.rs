@@ -206,6 +206,45 @@ impl Moto {
         self.post(&format!("/moto-api/rekey/region-delay?region={region}&seconds={seconds}"), "").await;
     }
 
+    /// Models IAM's eventual consistency (launcher patch 12): `endpoints` hosts, each of which sees
+    /// a key's creation, deactivation or reactivation at its own moment within `window`, and every
+    /// request lands on a random one. `endpoints` 0 turns the model off.
+    pub async fn set_propagation(&self, endpoints: u32, window: Duration, seed: u64) {
+        let window = window.as_secs_f64();
+        self.post(&format!("/moto-api/rekey/propagation?endpoints={endpoints}&window={window}&seed={seed}"), "").await;
+    }
+
+    /// Requests the propagation model refused because the host they landed on had not yet seen
+    /// (or had already forgotten) the key.
+    pub async fn lag_rejections(&self) -> u64 {
+        self.get_json("/moto-api/rekey/propagation").await["lag_rejections"].as_u64().unwrap_or(0)
+    }
+
+    /// Holds the next CreateAccessKey `seconds` before IAM handles it (launcher patch 12b).
+    pub async fn hold_next_create_key(&self, seconds: f64) {
+        self.post(&format!("/moto-api/rekey/hold-create-key?seconds={seconds}"), "").await;
+    }
+
+    /// CreateAccessKey calls being held right now.
+    pub async fn create_keys_held(&self) -> u64 {
+        self.get_json("/moto-api/rekey/hold-create-key").await["holding"].as_u64().unwrap_or(0)
+    }
+
+    async fn get_json(&self, path: &str) -> serde_json::Value {
+        let url = format!("{}{path}", self.endpoint);
+        let text = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("moto control call GET {url} failed: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("moto control call GET {url}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("moto control call GET {url}: not JSON ({e}): {text}"))
+    }
+
     async fn post(&self, path: &str, body: &'static str) {
         // A client per call: pooled connections are bound to the runtime that opened them,
         // and one Moto may be shared by tests that each run their own runtime.
