@@ -185,7 +185,7 @@ pub async fn main() -> Status {
                 retire: crate::rotate::evidence::Retire {
                     force: args.force_deactivate.then(|| "--force-deactivate".to_string()),
                     quiet: args.quiet_period,
-                    source: None,
+                    ..Default::default()
                 },
             };
             run_with_aws(&cli, state_dir, &args.journal, &settings, json, None).await

@@ -34,6 +34,8 @@ use crate::aws::Wiring;
 use crate::fleet::config::{Config, Defaults, Rotation};
 use crate::fleet::lock::{Acquired, UserLock};
 use crate::progress::Progress;
+use crate::rotate::clock::SystemClock;
+use crate::rotate::evidence::{self, IamLastUsed, Retire};
 use crate::rotate::iam::{AwsIam, Iam, KeyInfo, KeyStatus};
 use crate::rotate::journal::{Journals, Outcome, SharedJournals};
 pub use crate::rotate::machine::DEACTIVATED_AT;
@@ -222,6 +224,16 @@ struct Deferred {
     key_id: String,
     action: Action,
     at: SystemTime,
+    /// A use of the key from here on holds the step: for a deactivation the end of the grace
+    /// period, for a deletion the moment rekey deactivated the key.
+    unused_since: SystemTime,
+}
+
+/// How a deferred step that ran without error ended.
+enum Finished {
+    Done,
+    /// Something still used the key: it was left as it was, for a later run.
+    Held(String),
 }
 
 /// What earlier runs left for later, due or not.
@@ -231,11 +243,16 @@ fn deferred(k: &Keys, delete_after: Option<Duration>) -> Vec<Deferred> {
         match (k.markers.get(&key.id), key.status) {
             // Inactive with the old tag: a runner died between the two calls; finish the step.
             (Some(Marker::DeactivateAfter(at)), _) => {
-                out.push(Deferred { key_id: key.id.clone(), action: Action::Deactivate, at: *at })
+                out.push(Deferred { key_id: key.id.clone(), action: Action::Deactivate, at: *at, unused_since: *at })
             }
             (Some(Marker::DeactivatedAt(at)), KeyStatus::Inactive) => {
                 if let Some(d) = delete_after {
-                    out.push(Deferred { key_id: key.id.clone(), action: Action::Delete, at: *at + d });
+                    out.push(Deferred {
+                        key_id: key.id.clone(),
+                        action: Action::Delete,
+                        at: *at + d,
+                        unused_since: *at,
+                    });
                 }
             }
             _ => {}
@@ -387,7 +404,7 @@ fn settings_for(r: &Rotation, d: &Defaults, opts: &Options, old_key: Option<Stri
         mark_deactivated: true,
         own_key: false,
         // GetAccessKeyLastUsed through the account's own IAM client.
-        retire: crate::rotate::evidence::Retire { quiet: opts.quiet, ..Default::default() },
+        retire: Retire { quiet: opts.quiet, ..Default::default() },
     }
 }
 
@@ -623,8 +640,13 @@ async fn locked(
     let mut interrupt = Sticky { inner: Box::pin(interrupt), fired: false };
     for d in &work {
         let outcome = match d.action {
-            Action::Deactivate => deactivate(account, r, opts, &d.key_id, interrupt.wait()).await,
-            Action::Delete => delete(account, user, &d.key_id).await,
+            Action::Deactivate => deactivate(account, r, opts, d, interrupt.wait()).await,
+            Action::Delete => delete(account, user, d).await,
+        };
+        let (status, error) = match outcome {
+            Ok(Finished::Done) => ("ok", None),
+            Ok(Finished::Held(why)) => ("held", Some(why)),
+            Err(e) => ("failed", Some(e)),
         };
         done.push(DeferredDone {
             key_id: d.key_id.clone(),
@@ -632,8 +654,8 @@ async fn locked(
                 Action::Deactivate => "deactivated",
                 Action::Delete => "deleted",
             },
-            status: if outcome.is_ok() { "ok" } else { "failed" },
-            error: outcome.err(),
+            status,
+            error,
         });
     }
     if !work.is_empty() {
@@ -708,20 +730,29 @@ impl<F: Future<Output = ()>> Sticky<F> {
     }
 }
 
-/// The end of a deferred rotation, through the rotation machine ([`rotation::finish_deferred`]).
+/// The end of a deferred rotation, through the rotation machine ([`rotation::finish_deferred`]),
+/// with the same check on the old key's use as `rotate` and `retire`: a consumer still on it since
+/// the grace period ended holds the deactivation (the key stays Active, the hold is tagged).
 async fn deactivate(
     account: &Account,
     r: &Rotation,
     opts: &Options,
-    key: &str,
+    d: &Deferred,
     interrupt: impl Future<Output = ()>,
-) -> Result<(), String> {
-    let deferral =
-        Deferral { user: r.user.clone(), key_id: key.to_string(), probes: r.probes.clone(), probe: opts.probe.clone() };
+) -> Result<Finished, String> {
+    let key = d.key_id.as_str();
+    let deferral = Deferral {
+        user: r.user.clone(),
+        key_id: key.to_string(),
+        probes: r.probes.clone(),
+        probe: opts.probe.clone(),
+        retire: Retire { quiet: opts.quiet, since: Some(d.unused_since), ..Retire::default() },
+    };
     let report = rotation::finish_deferred(&account.effects(), &deferral, interrupt).await.map_err(|Refusal(e)| e)?;
     let error = report.error.clone().unwrap_or_default();
     match report.outcome() {
-        Outcome::Rotated => Ok(()),
+        Outcome::Rotated => Ok(Finished::Done),
+        Outcome::Held => Ok(Finished::Held(report.left.join("; "))),
         Outcome::RolledBack => {
             Err(format!("{error}; {key} was turned back on and will be tried again by the next run"))
         }
@@ -729,11 +760,18 @@ async fn deactivate(
     }
 }
 
-async fn delete(account: &Account, user: &str, key: &str) -> Result<(), String> {
+/// Deletes a key rekey deactivated once `delete_after` has passed, only if nothing has used it
+/// since (a key someone turned back on and used is not rekey's to delete).
+async fn delete(account: &Account, user: &str, d: &Deferred) -> Result<Finished, String> {
+    let key = d.key_id.as_str();
+    let used = evidence::check_since(&IamLastUsed(&account.wiring.iam), &SystemClock, key, d.unused_since).await;
+    if used.holds() {
+        return Ok(Finished::Held(format!("{}; not deleted", used.summary())));
+    }
     match account.wiring.iam.delete_key(user, key).await {
         Ok(()) | Err(crate::rotate::iam::IamError::NoSuchKey(_)) => {
             let _ = account.wiring.iam.untag_key(user, key).await;
-            Ok(())
+            Ok(Finished::Done)
         }
         Err(e) => Err(format!("deleting {key}: {e}")),
     }

@@ -504,8 +504,21 @@ fn show(d: Duration) -> String {
 /// Watches the key from now for `quiet`, polling its last use; stops at the first use seen.
 /// Event history is read once, at the end (or at the first use, to name the caller).
 pub async fn watch(ev: &dyn Evidence, clock: &dyn Clock, key_id: &str, quiet: Duration) -> Judgement {
-    let since = clock.now();
-    let end = since + quiet;
+    watch_since(ev, clock, key_id, quiet, clock.now()).await
+}
+
+/// [`watch`], where a use from `since` (earlier than now) on counts too: a runner finishing a
+/// deferred deactivation counts every use since the grace period ended, not only those it sees.
+pub async fn watch_since(
+    ev: &dyn Evidence,
+    clock: &dyn Clock,
+    key_id: &str,
+    quiet: Duration,
+    since: SystemTime,
+) -> Judgement {
+    let start = clock.now();
+    let since = since.min(start);
+    let end = start + quiet;
     let mut last = Err("not read".to_string());
     loop {
         let read = ev.last_used(key_id).await;
@@ -533,11 +546,14 @@ pub struct Retire {
     pub quiet: Duration,
     /// Where evidence comes from; `None`: `GetAccessKeyLastUsed` through the rotation's IAM client.
     pub source: Option<Arc<dyn Evidence>>,
+    /// Uses from this moment on count, not only those seen while watching: for a deferred
+    /// deactivation, the end of its grace period (consumers had until then to move).
+    pub since: Option<SystemTime>,
 }
 
 impl Default for Retire {
     fn default() -> Self {
-        Retire { force: None, quiet: DEFAULT_QUIET, source: None }
+        Retire { force: None, quiet: DEFAULT_QUIET, source: None, since: None }
     }
 }
 
@@ -555,6 +571,7 @@ impl fmt::Debug for Retire {
             .field("force", &self.force)
             .field("quiet", &self.quiet)
             .field("source", &self.source.as_ref().map(|_| "custom"))
+            .field("since", &self.since)
             .finish()
     }
 }
@@ -577,7 +594,7 @@ pub async fn before_deactivation(
         Some(s) => s.as_ref(),
         None => &fallback,
     };
-    let mut j = watch(ev, clock, old, retire.quiet).await;
+    let mut j = watch_since(ev, clock, old, retire.quiet, retire.since.unwrap_or_else(|| clock.now())).await;
     if j.holds()
         && let Err(e) = record_hold(iam, clock, user, old).await
     {

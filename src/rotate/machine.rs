@@ -1191,6 +1191,9 @@ pub struct Deferral {
     pub key_id: String,
     pub probes: Vec<String>,
     pub probe: Streak,
+    /// The same look at the old key's use as a rotation's (`since`: when the grace period ended):
+    /// a consumer still on it holds the deactivation.
+    pub retire: Retire,
 }
 
 /// The end of a deferred rotation, once its grace period is over: the probes must pass before and
@@ -1246,10 +1249,8 @@ pub async fn finish_deferred(
         changes: Vec::new(),
         evidence: None,
     };
-    // The rotation checked the old key's use when it ended; the grace period was the consumers'.
-    let retire = Retire::forced("a deferred deactivation: the grace period is over");
     let forward = tokio::select! {
-        r = run.finish_forward(d.probe.clone(), false, Duration::ZERO, &retire) => r,
+        r = run.finish_forward(d.probe.clone(), false, Duration::ZERO, &d.retire) => r,
         () = interrupt => Err(Failure::new("interrupted", "interrupted by the user (Ctrl-C)")),
     };
     Ok(match forward {

@@ -1,7 +1,7 @@
 //! The state machine driven through each of its paths with recording fakes.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::rotate::fakes::{FakeClock, FakeFactory, FakeIam, FakeKeyCheck, Op, World};
@@ -421,6 +421,11 @@ impl Bed {
     }
 
     async fn finish_deferred(&self) -> Report {
+        // These tests are about the steps; the look at the old key's use has its own test below.
+        self.finish_deferred_with(Retire::forced("the test does not look at the old key's use")).await
+    }
+
+    async fn finish_deferred_with(&self, retire: Retire) -> Report {
         let (iam, check) = (FakeIam(self.world.clone()), FakeKeyCheck(self.world.clone()));
         let factory = FakeFactory { world: self.world.clone(), specs: self.specs.clone() };
         let progress = Progress::off();
@@ -437,6 +442,7 @@ impl Bed {
             key_id: OLD.into(),
             probes: vec!["http://app/health".into()],
             probe: self.settings().probe,
+            retire,
         };
         finish_deferred(&fx, &deferral, std::future::pending()).await.expect("not refused")
     }
@@ -685,4 +691,49 @@ fn the_rotation_id_says_when_it_began() {
     let id = humantime::format_rfc3339_millis(began).to_string().replace([':', '-', '.'], "");
     assert_eq!(rotation_began(&id), Some(began));
     assert_eq!(rotation_began("garbage"), None);
+}
+
+/// A caller that used the key one minute after the grace period ended, from 192.0.2.7.
+struct UsedAfterGrace(SystemTime);
+
+#[async_trait::async_trait]
+impl crate::rotate::evidence::Evidence for UsedAfterGrace {
+    async fn last_used(&self, _key_id: &str) -> Result<Option<crate::rotate::evidence::Use>, String> {
+        Ok(Some(crate::rotate::evidence::Use {
+            source_ip: None,
+            user_agent: None,
+            region: Some("us-east-1".into()),
+            service: Some("sts".into()),
+            last_seen: rekey_trail::time::format(self.0 + Duration::from_secs(60)),
+            at: self.0 + Duration::from_secs(60),
+            calls: 0,
+            seen_in: "last-used",
+        }))
+    }
+    async fn history(
+        &self,
+        _key_id: &str,
+        _since: SystemTime,
+        _hint_region: Option<&str>,
+    ) -> (Vec<crate::rotate::evidence::Use>, Vec<crate::rotate::evidence::SourceCheck>) {
+        (Vec::new(), Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn a_deferred_deactivation_is_held_while_a_consumer_still_uses_the_old_key() {
+    let bed = Bed::new(&["secretsmanager:app"]);
+    bed.deferred().await;
+    let grace_ended = bed.clock.now();
+    let retire = Retire {
+        source: Some(Arc::new(UsedAfterGrace(grace_ended))),
+        since: Some(grace_ended),
+        quiet: Duration::from_secs(5),
+        ..Retire::default()
+    };
+    let report = bed.finish_deferred_with(retire).await;
+    assert_eq!(report.outcome, "held", "{report:?}");
+    assert!(bed.world.keys_of(USER).iter().any(|(id, st)| id == OLD && *st == Active), "the old key stays Active");
+    let tag = bed.world.tag(USER, OLD).unwrap_or_default();
+    assert!(tag.starts_with(crate::rotate::evidence::HELD_AT), "the hold is recorded for runners: {tag}");
 }
