@@ -437,7 +437,7 @@ async fn incident_discover_cuts_over_the_places_found_and_deactivates_the_leaked
         "--no-trails",
         "--no-fence",
     ];
-    args.extend(FAST);
+    args.extend(WAITS);
     let out = rekey(&moto, &s.admin, dir.path(), &args).await;
     out.assert_code(0);
     assert!(out.stderr.contains("--discover found 1 target(s)"), "printed before use:\n{}", out.stderr);

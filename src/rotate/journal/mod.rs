@@ -557,10 +557,18 @@ impl Journal {
     /// Give up ownership of a journal that stays unfinished, so that `resume` can take it at once
     /// (a file's lock goes with the file; a table's lease is ended now rather than left to run out).
     pub async fn release(self) {
-        if let Sink::Table { store, pk, lease } = &self.sink
-            && let Err(e) = store.release(pk, &self.state.begin.user, lease).await
-        {
-            tracing::warn!("{e}; `rekey resume` can take the journal once its lease runs out");
+        match &self.sink {
+            // The lock goes with the file; its owner's name is no longer true.
+            Sink::File(_) => {
+                if let Some(state_dir) = self.path.parent().and_then(Path::parent) {
+                    local::forget_owner(state_dir, &self.state.begin.user);
+                }
+            }
+            Sink::Table { store, pk, lease } => {
+                if let Err(e) = store.release(pk, &self.state.begin.user, lease).await {
+                    tracing::warn!("{e}; `rekey resume` can take the journal once its lease runs out");
+                }
+            }
         }
     }
 
