@@ -24,6 +24,7 @@ impl Hunter<'_> {
                 .collect();
             let (during, before): (Vec<&TimelineEvent>, Vec<&TimelineEvent>) =
                 events.into_iter().partition(|e| self.in_window(&e.time));
+            let during: Vec<&TimelineEvent> = during.into_iter().filter(|e| self.app_source(e).is_none()).collect();
             let before = before
                 .into_iter()
                 .filter(|e| parse_time(&e.time).is_some_and(|t| t < self.window.0))

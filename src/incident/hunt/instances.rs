@@ -161,7 +161,7 @@ struct SeenInstance {
 }
 
 /// The instances an event launched (`true`) or reached into (`false`), by id.
-fn instances_of(e: &TimelineEvent) -> Option<(bool, Vec<String>)> {
+pub(super) fn instances_of(e: &TimelineEvent) -> Option<(bool, Vec<String>)> {
     let service = e.event_source.split('.').next().unwrap_or_default();
     match (service, e.event_name.as_str()) {
         ("ec2", "RunInstances") => {

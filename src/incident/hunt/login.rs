@@ -7,6 +7,7 @@ use crate::incident::model::{Action, Severity, TimelineEvent, Undo};
 impl Hunter<'_> {
     pub(super) async fn login_profile(&mut self, e: &TimelineEvent) {
         let Some(user) = self.target_user(e) else { return };
+        self.passwords_seen.insert(user.clone());
         let r = self.iam.get_login_profile().user_name(&user).send().await;
         let present = match look(r, &format!("GetLoginProfile {user}")) {
             Look::Present(_) => Some(true),

@@ -8,7 +8,7 @@ use aws_sdk_iam::error::DisplayErrorContext;
 
 use super::event::{doc_param, join, req};
 use super::policy_json::{admin_doc, decode_doc, principals, strip_principals};
-use super::{Hunter, Look, look};
+use super::{Hunter, Look, Origin, look};
 use crate::incident::model::{Action, Severity, TimelineEvent, Undo};
 
 impl Hunter<'_> {
@@ -110,31 +110,46 @@ impl Hunter<'_> {
         let roles: Vec<(String, Vec<String>, Option<String>)> =
             self.created_roles.iter().map(|(r, c)| (r.clone(), c.evidence.clone(), c.description.clone())).collect();
         for (role, evidence, created_description) in roles {
+            self.sweep_role(&role, evidence, created_description, Origin::Event).await;
+        }
+    }
+
+    /// Empties and deletes one role held to be the attacker's.
+    pub(super) async fn sweep_role(
+        &mut self,
+        role: &str,
+        evidence: Vec<String>,
+        created_description: Option<String>,
+        origin: Origin,
+    ) {
+        let role = role.to_string();
+        let (kind, title) = origin.kind_and_title("role", "role", &role);
+        {
             let (trust, path, description) = match self.role_trust(&role).await {
                 Look::Present(t) => t,
                 Look::Absent => {
                     self.finding(
-                        "role",
+                        &kind,
                         Severity::High,
-                        format!("attacker created role {role}"),
+                        title.clone(),
                         role.clone(),
                         Some(false),
                         evidence,
                         "the role no longer exists".into(),
                     );
-                    continue;
+                    return;
                 }
                 Look::Unknown(why) => {
                     self.finding(
-                        "role",
+                        &kind,
                         Severity::High,
-                        format!("attacker created role {role}"),
+                        title.clone(),
                         role.clone(),
                         None,
                         evidence,
                         format!("could not check: {why}"),
                     );
-                    continue;
+                    return;
                 }
             };
             let attached = match self.attached_policies("role", &role).await {
@@ -188,15 +203,7 @@ impl Hunter<'_> {
                     profiles.join(", ")
                 ));
             }
-            let f = self.finding(
-                "role",
-                severity,
-                format!("attacker created role {role}"),
-                role.clone(),
-                Some(true),
-                evidence,
-                detail,
-            );
+            let f = self.finding(&kind, severity, title, role.clone(), Some(true), evidence, origin.detail(detail));
             for (arn, _) in &attached {
                 self.detach(&f, "role", &role, arn);
             }

@@ -1,10 +1,11 @@
-//! Users the attacker created: everything that keeps them usable is taken away (keys, password,
-//! MFA, policies, groups), then the user is deleted, unless something the plan cannot remove holds it.
+//! Users the attacker created (by an event of the key's, or during the response with no event yet):
+//! everything that keeps them usable is taken away (keys, password, MFA, policies, groups), then the
+//! user is deleted, unless something the plan cannot remove holds it.
 
 use aws_sdk_iam::error::DisplayErrorContext;
 
 use super::policy_json::admin_doc;
-use super::{Hunter, Look, look};
+use super::{Hunter, Look, Origin, look};
 use crate::incident::model::{Action, Severity, Undo};
 
 impl Hunter<'_> {
@@ -13,6 +14,15 @@ impl Hunter<'_> {
         let users: Vec<(String, Vec<String>)> =
             self.created_users.iter().map(|(u, c)| (u.clone(), c.evidence.clone())).collect();
         for (user, evidence) in users {
+            self.sweep_user(&user, evidence, Origin::Event).await;
+        }
+    }
+
+    /// Empties and deletes one user held to be the attacker's.
+    pub(super) async fn sweep_user(&mut self, user: &str, evidence: Vec<String>, origin: Origin) {
+        let user = user.to_string();
+        let (kind, title) = origin.kind_and_title("backdoor_user", "IAM user", &user);
+        {
             let got = look(self.iam.get_user().user_name(&user).send().await, &format!("GetUser {user}"));
             let info = match got {
                 Look::Present(out) => out.user().map(|u| {
@@ -25,28 +35,28 @@ impl Hunter<'_> {
                 Look::Unknown(why) => {
                     self.note(why.clone());
                     self.finding(
-                        "backdoor_user",
+                        &kind,
                         Severity::High,
-                        format!("attacker created IAM user {user}"),
+                        title.clone(),
                         user.clone(),
                         None,
                         evidence,
                         format!("could not check: {why}"),
                     );
-                    continue;
+                    return;
                 }
             };
             let Some((path, tags)) = info else {
                 self.finding(
-                    "backdoor_user",
+                    &kind,
                     Severity::High,
-                    format!("attacker created IAM user {user}"),
+                    title.clone(),
                     user.clone(),
                     Some(false),
                     evidence,
                     "the user no longer exists".into(),
                 );
-                continue;
+                return;
             };
             let keys = match self.iam.list_access_keys().user_name(&user).send().await {
                 Ok(out) => out
@@ -113,15 +123,7 @@ impl Hunter<'_> {
                     blockers.join(", ")
                 ));
             }
-            let f = self.finding(
-                "backdoor_user",
-                severity,
-                format!("attacker created IAM user {user}"),
-                user.clone(),
-                Some(true),
-                evidence,
-                detail,
-            );
+            let f = self.finding(&kind, severity, title, user.clone(), Some(true), evidence, origin.detail(detail));
             for (key, status) in &keys {
                 if status.as_deref() != Some("Inactive") {
                     self.deactivate_key(&f, &user, key);
