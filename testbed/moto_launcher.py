@@ -601,6 +601,44 @@ _sm_responses.SecretsManagerResponse._determine_resource = _secretsmanager_resou
 # ---- end rekey discover ----------------------------------------------------------------------
 
 
+
+# ---- rekey incident hunt (src/incident/hunt/window.rs, tests/incident_live.rs): patch 11 ------
+# 11. GetLoginProfile reports the user's CreateDate as the password's; IAM reports when the login
+#     profile itself was created. The hunt finds console passwords made while rekey responds (a
+#     password added to an existing user) by that date, so under moto it would never see one. This
+#     records when each login profile is created and reports that.
+from moto.core.responses import ActionResult as _ActionResult
+from moto.core.utils import utcnow as _utcnow
+from moto.iam.models import IAMBackend as _IAMBackend
+from moto.iam.responses import IamResponse as _IamResponse
+
+_moto_create_login_profile = _IAMBackend.create_login_profile
+
+
+def _create_login_profile(self, user_name, password):
+    user = _moto_create_login_profile(self, user_name, password)
+    user.rekey_login_profile_created = _utcnow()
+    return user
+
+
+def _get_login_profile(self):
+    user = self.backend.get_login_profile(self._get_param("UserName"))
+    return _ActionResult(
+        {
+            "LoginProfile": {
+                "UserName": user.name,
+                "CreateDate": getattr(user, "rekey_login_profile_created", user.create_date),
+                "PasswordResetRequired": user.password_reset_required,
+            }
+        }
+    )
+
+
+_IAMBackend.create_login_profile = _create_login_profile
+_IamResponse.get_login_profile = _get_login_profile
+# ---- end rekey incident hunt -------------------------------------------------------------------
+
+
 if __name__ == "__main__":
     print(f"{_PATCHED} (moto {moto.__version__})", flush=True)
     moto.server.main(sys.argv[1:])

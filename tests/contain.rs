@@ -8,6 +8,12 @@ use std::time::{Duration, SystemTime};
 
 use rekey::incident::contain::{self, Mode, Status};
 use rekey::incident::hunt::{Scope, hunt};
+use rekey::incident::model::{Action, Owner, Plan, PlanAction, Severity, TimelineEvent, Undo};
+use serde_json::{Value, json};
+use testbed::moto::{Moto, seed};
+
+const ACCOUNT: &str = "123456789012";
+const OUTSIDER: &str = "arn:aws:iam::999999999999:root";
 
 /// The hunt over a window that ended before it runs: nothing read past it, nothing marked.
 fn scope(window: (SystemTime, SystemTime), compromised: Owner) -> Scope {
@@ -21,12 +27,6 @@ fn scope(window: (SystemTime, SystemTime), compromised: Owner) -> Scope {
         unverified: Default::default(),
     }
 }
-use rekey::incident::model::{Action, Owner, Plan, PlanAction, Severity, TimelineEvent, Undo};
-use serde_json::{Value, json};
-use testbed::moto::{Moto, seed};
-
-const ACCOUNT: &str = "123456789012";
-const OUTSIDER: &str = "arn:aws:iam::999999999999:root";
 
 fn at(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
