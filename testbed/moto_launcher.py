@@ -7,7 +7,7 @@ auth error shapes, Lambda GET signatures, IAM condition evaluation (patch 5, whi
 also lets a test choose its caller's aws:SourceIp with an X-Forwarded-For header),
 user-scoped IAM resources with policy variables (patch 10), IAM's eventual consistency (patch 12:
 a new, deactivated or reactivated key is seen by each of N hosts at its own moment), and atomic
-DynamoDB conditional writes (patch 15).
+DynamoDB conditional writes (patch 14), and login profiles' own creation dates (patch 13).
 
 Usage: python moto_launcher.py [moto_server args...]
 """
@@ -603,7 +603,7 @@ _sm_responses.SecretsManagerResponse._determine_resource = _secretsmanager_resou
 # ---- end rekey discover ----------------------------------------------------------------------
 
 
-# 15. DynamoDB makes a conditional write atomic: of two PutItems conditioned on
+# 14. DynamoDB makes a conditional write atomic: of two PutItems conditioned on
 #     attribute_not_exists(pk) that race, exactly one succeeds. moto's threaded server checks the
 #     condition and writes the item without a lock, so two concurrent `rekey run`s could both
 #     take the same user's lock and rotate it twice (LimitExceeded on the second CreateAccessKey).
@@ -798,6 +798,43 @@ def _rekey_hold_create_key(request, full_url, headers):
 
 _api_urls.url_paths["{0}/moto-api/rekey/hold-create-key"] = _rekey_hold_create_key
 # ---- end rekey verify ---------------------------------------------------------------------
+
+
+# ---- rekey incident hunt (src/incident/hunt/window.rs, tests/incident_live.rs): patch 13 ------
+# 13. GetLoginProfile reports the user's CreateDate as the password's; IAM reports when the login
+#     profile itself was created. The hunt finds console passwords made while rekey responds (a
+#     password added to an existing user) by that date, so under moto it would never see one. This
+#     records when each login profile is created and reports that.
+from moto.core.responses import ActionResult as _ActionResult
+from moto.core.utils import utcnow as _utcnow
+from moto.iam.models import IAMBackend as _IAMBackend
+from moto.iam.responses import IamResponse as _IamResponse
+
+_moto_create_login_profile = _IAMBackend.create_login_profile
+
+
+def _create_login_profile(self, user_name, password):
+    user = _moto_create_login_profile(self, user_name, password)
+    user.rekey_login_profile_created = _utcnow()
+    return user
+
+
+def _get_login_profile(self):
+    user = self.backend.get_login_profile(self._get_param("UserName"))
+    return _ActionResult(
+        {
+            "LoginProfile": {
+                "UserName": user.name,
+                "CreateDate": getattr(user, "rekey_login_profile_created", user.create_date),
+                "PasswordResetRequired": user.password_reset_required,
+            }
+        }
+    )
+
+
+_IAMBackend.create_login_profile = _create_login_profile
+_IamResponse.get_login_profile = _get_login_profile
+# ---- end rekey incident hunt -------------------------------------------------------------------
 
 
 if __name__ == "__main__":

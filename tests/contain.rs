@@ -7,13 +7,26 @@
 use std::time::{Duration, SystemTime};
 
 use rekey::incident::contain::{self, Mode, Status};
-use rekey::incident::hunt::hunt;
+use rekey::incident::hunt::{Scope, hunt};
 use rekey::incident::model::{Action, Owner, Plan, PlanAction, Severity, TimelineEvent, Undo};
 use serde_json::{Value, json};
 use testbed::moto::{Moto, seed};
 
 const ACCOUNT: &str = "123456789012";
 const OUTSIDER: &str = "arn:aws:iam::999999999999:root";
+
+/// The hunt over a window that ended before it runs: nothing read past it, nothing marked.
+fn scope(window: (SystemTime, SystemTime), compromised: Owner) -> Scope {
+    Scope {
+        window,
+        key: "AKIANOTINTHETIMELINE".into(),
+        compromised,
+        response_started: None,
+        own_keys: Vec::new(),
+        attacker_ips: Vec::new(),
+        unverified: Default::default(),
+    }
+}
 
 fn at(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -238,7 +251,7 @@ async fn hunt_contain_and_undo_backdoors() {
     };
     let window = (start, SystemTime::now() + Duration::from_secs(600));
 
-    let h = hunt(&iam, &account, &ec2, &timeline, window, &owner).await;
+    let h = hunt(&iam, &account, &ec2, &timeline, &scope(window, owner)).await;
     let dump = format!(
         "findings: {:#?}\nplan: {}\nnotes: {:?}",
         h.findings,
@@ -473,7 +486,7 @@ async fn forensic_snapshots_of_the_attackers_instance_come_first_and_are_kept() 
         ..Default::default()
     };
     let window = (start, SystemTime::now() + Duration::from_secs(600));
-    let h = hunt(&iam, &account, &ec2, &timeline, window, &owner).await;
+    let h = hunt(&iam, &account, &ec2, &timeline, &scope(window, owner)).await;
     let dump = format!(
         "findings: {:#?}\nplan: {}\nnotes: {:?}",
         h.findings,

@@ -8,6 +8,11 @@
 //! - log folders or S3 prefixes given with `--logs`.
 //!
 //! Keys found in one source are looked up in the others, until no source reveals a new key.
+//!
+//! A log file over the engine's per-file size limit (a decompression bomb, a huge object dropped in
+//! the bucket) is skipped and named in the blind spots. The trail's files that hold the key's
+//! changes are checked against the trail's digest files (`super::digest`): events whose only
+//! source failed that check are returned apart, so that nothing is planned on them alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
@@ -144,6 +149,8 @@ pub struct Inputs<'a> {
     pub history_rate: f64,
     /// Query the trail bucket with Athena instead of reading its files (`--athena`).
     pub athena: Option<AthenaReader<'a>>,
+    /// Where the trail's digest files are read from, to validate the log files; None: not validated.
+    pub objects: Option<&'a dyn super::digest::Objects>,
 }
 
 /// The trail read through Athena: the same records, found by SQL over the bucket.
@@ -165,6 +172,8 @@ pub struct Investigation {
     /// from) and, whoever made them, the changes whose earlier values a restore needs (alternate
     /// contacts, trust policies).
     pub context: Vec<TimelineEvent>,
+    /// Events whose every source is a trail log file that failed digest validation, with why.
+    pub unverified: BTreeMap<String, String>,
 }
 
 /// Events whose values before the window let a backdoor be put back exactly as it was.
@@ -249,9 +258,26 @@ pub fn role_name(arn: &str) -> Option<String> {
 struct Collected {
     events: BTreeMap<String, TimelineEvent>,
     derived: BTreeMap<String, DerivedKey>,
+    /// The log files each event was read from, by event id.
+    files: BTreeMap<String, BTreeSet<String>>,
+    /// Log files the engine skipped (over the size limit, unreadable), with why; each once however
+    /// many scans met it.
+    skipped: BTreeMap<String, (bool, String)>,
 }
 
 impl Collected {
+    fn add_from_file(&mut self, event: TimelineEvent, file: &str) {
+        self.files.entry(event.event_id.clone()).or_default().insert(file.to_string());
+        self.add(event);
+    }
+
+    fn skipped(&mut self, summary: &rekey_trail::Summary) {
+        for (file, problem) in &summary.corrupt {
+            let too_large = summary.too_large_files.contains(file);
+            self.skipped.entry(file.clone()).or_insert_with(|| (too_large, problem.clone()));
+        }
+    }
+
     fn add(&mut self, event: TimelineEvent) {
         match self.events.get_mut(&event.event_id) {
             Some(seen) => {
@@ -414,9 +440,10 @@ pub async fn investigate(inputs: Inputs<'_>) -> Investigation {
                 let chain = collected.chain_of(signer);
                 let seen = names.get(&m.source).cloned().unwrap_or_else(|| m.source.clone());
                 if let Some(e) = timeline_event(&m.raw, chain, &seen) {
-                    collected.add(e);
+                    collected.add_from_file(e, &m.source);
                 }
             }
+            collected.skipped(&summary);
             for d in summary.derived {
                 collected.derived.entry(d.key.clone()).or_insert(d);
             }
@@ -488,7 +515,7 @@ pub async fn investigate(inputs: Inputs<'_>) -> Investigation {
 
     // What was true before the window, from the same log files.
     if !log_sources.is_empty() {
-        let (sources, (matches, _, names)) = scan_logs(
+        let (sources, (matches, summary, names)) = scan_logs(
             log_sources,
             vec![inputs.key.clone()],
             CONTEXT_EVENTS.iter().map(|n| n.to_string()).collect(),
@@ -497,6 +524,7 @@ pub async fn investigate(inputs: Inputs<'_>) -> Investigation {
         )
         .await;
         log_sources = sources;
+        collected.skipped(&summary);
         for m in matches {
             let seen = names.get(&m.source).cloned().unwrap_or_else(|| m.source.clone());
             if let Some(e) = timeline_event(&m.raw, m.chain.clone(), &seen)
@@ -544,6 +572,10 @@ pub async fn investigate(inputs: Inputs<'_>) -> Investigation {
         });
     }
     event_blind_spots(&timeline, &mut inv.blind_spots);
+    skipped_blind_spots(&collected.skipped, &mut inv.blind_spots);
+    if let Some(objects) = inputs.objects {
+        validate_evidence(objects, &timeline, &collected.files, &mut inv).await;
+    }
     let history_floor = SystemTime::now() - Duration::from_secs(90 * 24 * 3600);
     if inputs.start < history_floor && inv.sources.iter().all(|s| s.kind == "event-history") {
         inv.blind_spots.push(BlindSpot {
@@ -633,6 +665,120 @@ async fn scan_logs(
     })
     .await
     .expect("the scan thread does not panic")
+}
+
+/// Log files named one by one, up to this many; the rest are counted.
+const SKIPPED_NAMED: usize = 50;
+
+/// Every log file the engine skipped, by name: what it held is missing from the timeline.
+fn skipped_blind_spots(skipped: &BTreeMap<String, (bool, String)>, out: &mut Vec<BlindSpot>) {
+    for (i, (file, (too_large, problem))) in skipped.iter().enumerate() {
+        if i == SKIPPED_NAMED {
+            out.push(BlindSpot {
+                kind: "files_skipped".into(),
+                detail: format!(
+                    "{} more log files were skipped (see the sources above)",
+                    skipped.len() - SKIPPED_NAMED
+                ),
+                evidence: Vec::new(),
+            });
+            break;
+        }
+        let kind = if *too_large { "file_too_large" } else { "file_unreadable" };
+        out.push(BlindSpot {
+            kind: kind.into(),
+            detail: format!("{file}: {problem}; skipped, its records are not in the timeline"),
+            evidence: Vec::new(),
+        });
+    }
+}
+
+/// Files worth validating hold the key's changes: the events a finding can rest on.
+fn is_change(e: &TimelineEvent) -> bool {
+    let read = ["Get", "List", "Describe", "Lookup", "Head"];
+    !e.failed && !read.iter().any(|p| e.event_name.starts_with(p))
+}
+
+/// At most this many log files are fetched again to be hashed.
+const VALIDATED_FILES: usize = 500;
+
+/// Checks the trail files that hold the key's changes against the trail's digests; events whose
+/// every source failed are `unverified`.
+async fn validate_evidence(
+    objects: &dyn super::digest::Objects,
+    timeline: &[TimelineEvent],
+    files: &BTreeMap<String, BTreeSet<String>>,
+    inv: &mut Investigation,
+) {
+    use super::digest::Verdict;
+    let mut wanted = BTreeSet::new();
+    for e in timeline.iter().filter(|e| is_change(e)) {
+        wanted.extend(files.get(&e.event_id).into_iter().flatten().filter(|f| f.starts_with("s3://")).cloned());
+    }
+    if wanted.is_empty() {
+        return;
+    }
+    let left_out = wanted.len().saturating_sub(VALIDATED_FILES);
+    let wanted: BTreeSet<String> = wanted.into_iter().take(VALIDATED_FILES).collect();
+    let v = super::digest::validate(objects, &wanted).await;
+    let count = |f: fn(&Verdict) -> bool| v.verdicts.values().filter(|x| f(x)).count();
+    let (valid, failed, unchecked) = (
+        count(|x| matches!(x, Verdict::Valid)),
+        count(|x| matches!(x, Verdict::Failed(_))),
+        count(|x| matches!(x, Verdict::Unchecked(_))),
+    );
+    let location = {
+        let first = wanted.iter().next().cloned().unwrap_or_default();
+        let bucket = first.strip_prefix("s3://").and_then(|r| r.split('/').next()).unwrap_or_default().to_string();
+        format!("s3://{bucket}/…/CloudTrail-Digest/")
+    };
+    inv.sources.push(SourceReport {
+        kind: "digests".into(),
+        location,
+        covers: format!(
+            "{} digest file(s) read; the SHA-256 of the {} log file(s) holding the key's changes checked against them,              and each digest against the hash its successor records{}; the digests' signatures are not verified",
+            v.digests,
+            wanted.len(),
+            if left_out > 0 { format!(" ({left_out} more files not checked)") } else { String::new() }
+        ),
+        status: if failed == 0 && v.problems.is_empty() {
+            format!("ok ({valid} valid, {unchecked} not covered by a digest yet)")
+        } else {
+            format!("{failed} file(s) failed validation, {valid} valid, {unchecked} not covered")
+        },
+        events: 0,
+    });
+    for p in &v.problems {
+        inv.blind_spots.push(BlindSpot { kind: "digest_chain_broken".into(), detail: p.clone(), evidence: Vec::new() });
+    }
+    let failed: BTreeMap<&String, &String> = v
+        .verdicts
+        .iter()
+        .filter_map(|(f, x)| match x {
+            Verdict::Failed(why) => Some((f, why)),
+            _ => None,
+        })
+        .collect();
+    for (file, why) in &failed {
+        let evidence: Vec<String> =
+            files.iter().filter(|(_, fs)| fs.contains(*file)).map(|(id, _)| id.clone()).collect();
+        inv.blind_spots.push(BlindSpot {
+            kind: "log_file_failed_validation".into(),
+            detail: format!("{file}: {why}; its records cannot be trusted, and nothing is planned on them alone"),
+            evidence,
+        });
+    }
+    // An event stands on its own when any other source has it: the event history, or a file that
+    // did not fail.
+    for e in timeline {
+        let Some(fs) = files.get(&e.event_id) else { continue };
+        let other_source = e.seen_in.iter().any(|s| s.starts_with("event history"));
+        if other_source || fs.iter().any(|f| !failed.contains_key(f)) {
+            continue;
+        }
+        let why: Vec<String> = fs.iter().filter_map(|f| failed.get(f).map(|w| format!("{f}: {w}"))).collect();
+        inv.unverified.insert(e.event_id.clone(), why.join("; "));
+    }
 }
 
 fn trail_blind_spots(t: &TrailDesc, out: &mut Vec<BlindSpot>) {

@@ -3,6 +3,7 @@
 //! it left, and report with a containment plan.
 
 pub mod contain;
+pub mod digest;
 pub mod fence;
 pub mod history;
 pub mod hunt;

@@ -75,6 +75,7 @@ pub async fn run(
     open_s3: OpenS3<'_>,
     interrupt: impl std::future::Future<Output = ()>,
 ) -> Result<Outcome, IncidentRefusal> {
+    let started = SystemTime::now();
     let iam = aws_sdk_iam::Client::new(sdk);
     let sts = aws_sdk_sts::Client::new(sdk);
     let account = aws_sdk_account::Client::new(sdk);
@@ -107,6 +108,7 @@ pub async fn run(
     let history = AwsEventHistory::new(sdk);
     let athena_client = aws_sdk_athena::Client::new(sdk);
     let trails = AwsTrails::new(sdk);
+    let objects = super::digest::S3Objects::new(sdk);
     let inv = investigate(Inputs {
         key: settings.key.clone(),
         start: settings.start,
@@ -121,6 +123,7 @@ pub async fn run(
             .athena
             .clone()
             .map(|settings| super::investigate::AthenaReader { api: &athena_client, settings }),
+        objects: settings.use_trails.then_some(&objects as &dyn super::digest::Objects),
     })
     .await;
     actions_taken.push(format!(
@@ -287,7 +290,18 @@ pub async fn run(
     // The hunt reads earlier values (contacts, trust policies) from the events before the window.
     let with_context: Vec<_> = inv.context.iter().chain(&inv.timeline).cloned().collect();
     let ec2 = aws_sdk_ec2::Client::new(sdk);
-    let mut found = hunt::hunt(&iam, &account, &ec2, &with_context, (settings.start, settings.end), &owner).await;
+    // The live account is read up to now: what appeared since the response began is the attacker's
+    // unless an event says otherwise, except the cutover's own key.
+    let scope = hunt::Scope {
+        window: (settings.start, settings.end),
+        key: settings.key.clone(),
+        compromised: owner.clone(),
+        response_started: Some(hunt::response_began(settings.end, started)),
+        own_keys: cutover_report.as_ref().and_then(|c| c.new_key_id.clone()).into_iter().collect(),
+        attacker_ips: settings.attacker_ips.clone(),
+        unverified: inv.unverified.clone(),
+    };
+    let mut found = hunt::hunt(&iam, &account, &ec2, &with_context, &scope).await;
     // What the attacker left outside IAM, read live in every Region whatever the logs say.
     let mut swept = None;
     if let Some(mut opts) = settings.sweep.clone() {

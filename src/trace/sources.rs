@@ -210,7 +210,7 @@ impl Source for S3Source {
     }
 }
 
-fn client_for(sdk: &aws_types::SdkConfig, region: Option<String>) -> Client {
+pub(crate) fn client_for(sdk: &aws_types::SdkConfig, region: Option<String>) -> Client {
     let mut config = aws_sdk_s3::config::Builder::from(sdk);
     // Emulators (and most S3-compatible stores) serve buckets by path, not by virtual host.
     let custom_endpoint =

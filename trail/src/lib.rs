@@ -123,6 +123,8 @@ pub struct Summary {
     pub corrupt: Vec<(String, String)>,
     /// How many of `corrupt` were skipped for being over [`Query::max_file_bytes`].
     pub too_large: u64,
+    /// Those files, by name (a caller names them; the problem text is for people).
+    pub too_large_files: Vec<String>,
     /// Records in matching files that could not be parsed.
     pub malformed_records: u64,
     pub derived: Vec<DerivedKey>,

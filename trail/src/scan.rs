@@ -473,6 +473,7 @@ pub fn scan_with_progress(
                 let problem = match problem {
                     Problem::TooLarge => {
                         summary.too_large += 1;
+                        summary.too_large_files.push(name.clone());
                         format!(
                             "larger than the per-file limit of {} uncompressed; not read, to keep memory bounded",
                             mib(query.max_file_bytes)
