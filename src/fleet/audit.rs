@@ -34,6 +34,7 @@ pub enum Kind {
     HumanWithoutMfa,
     OldKey,
     UnusedKey,
+    HeldRotation,
     TwoActiveKeys,
     NotCovered,
 }
@@ -118,6 +119,9 @@ pub struct KeyFacts {
     pub active: bool,
     pub created: Option<SystemTime>,
     pub last_used: Option<SystemTime>,
+    /// A rotation left this (old) key Active because something it did not move still used it:
+    /// when the last check that held it ran (the user tag rekey records, keyed by the key id).
+    pub held_since: Option<SystemTime>,
 }
 
 /// Audits the account of `sdk`'s principal and every `[[account]]` of `config`. Fails only when
@@ -254,7 +258,23 @@ async fn read_user(iam: &aws_sdk_iam::Client, name: String) -> UserFacts {
             active: k.status() == Some(&StatusType::Active),
             created: k.create_date().and_then(|d| SystemTime::try_from(*d).ok()),
             last_used,
+            held_since: None,
         });
+    }
+    // A hold always leaves two keys; a user with one has none to read.
+    if user.keys.len() >= 2 {
+        match iam.list_user_tags().user_name(&user.name).into_paginator().items().send().collect::<Result<Vec<_>, _>>().await {
+            Ok(tags) => {
+                for t in tags {
+                    if let (Some(k), Some(at)) =
+                        (user.keys.iter_mut().find(|k| k.id == t.key()), crate::rotate::evidence::held_at(t.value()))
+                    {
+                        k.held_since = Some(at);
+                    }
+                }
+            }
+            Err(e) => user.error = Some(format!("ListUserTags: {}", error_text(&e))),
+        }
     }
     if user.keys.is_empty() {
         // MFA only matters here for users that hold keys: skip two calls per keyless user.
@@ -443,7 +463,26 @@ fn judge_account(
                 ));
             }
         }
-        if active.len() >= 2 {
+        let held = active.iter().find_map(|k| k.held_since.map(|at| (k, at)));
+        if let Some((old, at)) = held {
+            out.push(finding(
+                Severity::Medium,
+                Kind::HeldRotation,
+                Some(name),
+                Some(&old.id),
+                format!(
+                    "{name}'s rotation is held: {} stays Active because something rekey did not move still used it \
+                     (last checked {} ago)",
+                    old.id,
+                    short(since(now, at))
+                ),
+                "every target holds the new key, but a consumer nobody listed is still on the old one; \
+                 both keys stay Active until it moves",
+                format!(
+                    "find it with `rekey discover --user {name}`, move it, then `rekey retire --user {name}`{there}"
+                ),
+            ));
+        } else if active.len() >= 2 {
             // The one to switch off: the longest idle (never used counts as idlest), then the oldest.
             let stale =
                 active.iter().min_by_key(|k| (k.last_used.is_some(), k.last_used, k.created)).expect("two keys");
@@ -599,6 +638,7 @@ mod tests {
             active,
             created: Some(now() - days(age_days)),
             last_used: used_days_ago.map(|d| now() - days(d)),
+            held_since: None,
         }
     }
 
@@ -711,6 +751,18 @@ role_arn = "arn:aws:iam::111122223333:role/rekey"
         assert_eq!(r.summary.critical, 1);
         assert!(r.summary.needs_action);
         assert_eq!(r.accounts[0].active_access_keys, 8);
+    }
+
+    #[test]
+    fn a_held_rotation_is_reported_as_held_not_as_two_forgotten_keys() {
+        let mut old = key("AKIAOLDHELD", true, 30, Some(0));
+        old.held_since = Some(now() - Duration::from_secs(7200));
+        let accounts = vec![home(vec![user("app", vec![old, key("AKIANEWKEY", true, 0, Some(0))])])];
+        let r = evaluate(&accounts, None, now());
+        assert_eq!(kinds(&r), vec![(Kind::HeldRotation, Some("app"), Some("AKIAOLDHELD"))]);
+        let f = &r.findings[0];
+        assert!(f.what.contains("held") && f.what.contains("2h ago"), "{}", f.what);
+        assert!(f.fix.contains("rekey discover --user app") && f.fix.contains("rekey retire --user app"), "{}", f.fix);
     }
 
     #[test]
