@@ -391,6 +391,8 @@ fn settings_for(r: &Rotation, d: &Defaults, opts: &Options, old_key: Option<Stri
         ecs_timeout: opts.ecs_timeout,
         verify_regions: Vec::new(),
         defer_deactivation: !grace.is_zero(),
+        keep_keys: false,
+        free_slot: None,
         own_key: false,
         // GetAccessKeyLastUsed through the account's own IAM client.
         retire: Default::default(),

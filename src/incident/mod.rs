@@ -3,12 +3,17 @@
 //! it left, and report with a containment plan.
 
 pub mod contain;
+pub mod egress;
 pub mod fence;
+pub mod fence_journal;
+pub mod fence_step;
 pub mod history;
 pub mod hunt;
 pub mod identify;
 pub mod investigate;
+pub mod keys;
 pub mod model;
 pub mod report;
 pub mod revoke;
+pub mod sample;
 pub mod run;

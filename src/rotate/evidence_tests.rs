@@ -127,6 +127,8 @@ impl Bed {
             ecs_timeout: Duration::from_secs(900),
             verify_regions: Vec::new(),
             defer_deactivation: false,
+            keep_keys: false,
+            free_slot: None,
             own_key: false,
             retire,
         };
