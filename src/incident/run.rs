@@ -87,7 +87,7 @@ pub struct IncidentRefusal(pub String);
 
 pub async fn run(
     sdk: &aws_types::SdkConfig,
-    settings: IncidentSettings,
+    mut settings: IncidentSettings,
     fx: Option<&Effects<'_>>,
     open_s3: OpenS3<'_>,
     interrupt: impl std::future::Future<Output = ()>,
@@ -142,7 +142,7 @@ pub async fn run(
         let (key, start, end, regions) = (settings.key.clone(), settings.start, settings.end, settings.regions.clone());
         let history = settings.use_history.then_some(&history as &dyn super::history::EventHistory);
         let trails = settings.use_trails.then_some(&trails as &dyn super::investigate::Trails);
-        let logs = settings.logs;
+        let logs = std::mem::take(&mut settings.logs);
         let athena = settings
             .athena
             .clone()
@@ -170,6 +170,8 @@ pub async fn run(
     };
 
     // 3-5. Contain: sample, fence, check, cut over, lift.
+    let sample_logs = std::mem::take(&mut settings.sample_logs);
+    let settings = &settings;
     let containment = async {
         let mut fence: Option<Fence> = None;
         let mut cutover_report = None;
@@ -204,7 +206,7 @@ pub async fn run(
                         regions: settings.regions.clone(),
                         trails: settings.use_trails.then_some(&trails as &dyn super::investigate::Trails),
                         open_s3,
-                        logs: settings.sample_logs,
+                        logs: sample_logs,
                         bounds: sample::Bounds { rate: settings.history_rate, ..sample::Bounds::default() },
                     })
                     .await;
@@ -364,7 +366,8 @@ pub async fn run(
         {
             let (status, why) = match report.outcome.as_str() {
                 "rotated" | "deactivated_now" => ("removed", "lifted: the leaked key is off".to_string()),
-                "skipped" => ("", String::new()),
+                // Nothing was changed by the rotation: the fence is all that holds the attacker.
+                "skipped" | "refused" => ("", String::new()),
                 other => (
                     "removed",
                     format!(
@@ -373,7 +376,8 @@ pub async fn run(
                 ),
             };
             if status.is_empty() {
-                // No cutover asked for: the fence stays on, by design, until someone rotates.
+                // No cutover (asked for, or refused before any change): the fence stays on, by
+                // design, until someone rotates.
                 f.keep();
                 todo.push(format!("lift the fence ({}) once the key is rotated", fence::POLICY_NAME));
             } else {
