@@ -97,13 +97,14 @@ pub struct Inputs<'a> {
 }
 
 /// Reads the sample; never fails and never runs past `bounds.deadline` (plus one request's latency).
-pub async fn sample(inputs: Inputs<'_>) -> Sample {
+pub async fn sample(mut inputs: Inputs<'_>) -> Sample {
+    let logs = std::mem::take(&mut inputs.logs);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + inputs.bounds.deadline;
     let now = SystemTime::now();
     let (history, trails) = tokio::join!(
         history_sample(&inputs, now, deadline),
-        trail_sample(inputs.trails, inputs.open_s3, inputs.logs, &inputs.key, inputs.start, now, &inputs.bounds, deadline)
+        trail_sample(inputs.trails, inputs.open_s3, logs, &inputs.key, inputs.start, now, &inputs.bounds, deadline)
     );
     let mut out = Sample { elapsed: started.elapsed(), ..Sample::default() };
     out.history_requests = history.requests;
