@@ -81,7 +81,11 @@ async fn assume(moto: &Moto, creds: &Creds, role: &str) -> aws_sdk_iam::Client {
 }
 
 async fn list_roles(iam: &aws_sdk_iam::Client) -> Result<(), String> {
-    iam.list_roles().send().await.map(|_| ()).map_err(|e| e.into_service_error().meta().code().unwrap_or("?").to_string())
+    iam.list_roles()
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| e.into_service_error().meta().code().unwrap_or("?").to_string())
 }
 
 /// What the attacker's task saw: each call's time and outcome, and the users it managed to create.
@@ -126,8 +130,20 @@ async fn a_busy_key_is_fenced_in_seconds_while_the_attacker_keeps_acting() {
     let now = SystemTime::now();
     let lag = Duration::from_secs(600);
     let events = vec![
-        assume_role_event("assume-1", now - Duration::from_secs(2 * 86_400), &key, &format!("arn:aws:iam::{ACCOUNT}:role/app-role"), "ASIAAPPSESSION000001"),
-        assume_role_event("assume-2", now - Duration::from_secs(86_400), &key, "arn:aws:iam::999999999999:role/partner-role", "ASIAPARTNER000000001"),
+        assume_role_event(
+            "assume-1",
+            now - Duration::from_secs(2 * 86_400),
+            &key,
+            &format!("arn:aws:iam::{ACCOUNT}:role/app-role"),
+            "ASIAAPPSESSION000001",
+        ),
+        assume_role_event(
+            "assume-2",
+            now - Duration::from_secs(86_400),
+            &key,
+            "arn:aws:iam::999999999999:role/partner-role",
+            "ASIAPARTNER000000001",
+        ),
     ];
     let held = moto
         .seed_history(&json!({
@@ -173,7 +189,8 @@ async fn a_busy_key_is_fenced_in_seconds_while_the_attacker_keeps_acting() {
                     })
                     .send()
                     .await;
-                let outcome = called.map(|_| ()).map_err(|e| e.into_service_error().meta().code().unwrap_or("?").to_string());
+                let outcome =
+                    called.map(|_| ()).map_err(|e| e.into_service_error().meta().code().unwrap_or("?").to_string());
                 log.lock().unwrap().calls.push((Instant::now(), outcome));
                 if n % 8 == 0 {
                     let name = format!("evil-{n}");
@@ -265,8 +282,13 @@ async fn a_busy_key_is_fenced_in_seconds_while_the_attacker_keeps_acting() {
     assert!(allowed.contains(APP_IP) && !allowed.contains(ATTACKER_IP), "{allowed}");
     assert!(report["fence"]["learnt_from"].as_str().unwrap().contains("bounded sample"), "{}", report["fence"]);
     // The whole history was still read, beside the cutover.
-    let history_events: u64 =
-        report["sources"].as_array().unwrap().iter().filter(|s| s["kind"] == "event-history").map(|s| s["events"].as_u64().unwrap()).sum();
+    let history_events: u64 = report["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "event-history")
+        .map(|s| s["events"].as_u64().unwrap())
+        .sum();
     assert!(history_events >= 30_000, "{}", report["sources"]);
 
     // The leaked key is evidence: Inactive, not deleted.
@@ -282,7 +304,8 @@ async fn a_busy_key_is_fenced_in_seconds_while_the_attacker_keeps_acting() {
     assert_eq!(list_roles(&old_session).await, Err("AccessDenied".into()), "the old session is revoked");
     let fresh = assume(&moto, &new_creds, "app-role").await;
     assert_eq!(list_roles(&fresh).await, Ok(()), "a session minted with the new key works");
-    let partner = admin_iam.get_role_policy().role_name("partner-role").policy_name("rekey-revoke-older-sessions").send().await;
+    let partner =
+        admin_iam.get_role_policy().role_name("partner-role").policy_name("rekey-revoke-older-sessions").send().await;
     assert!(partner.is_err(), "the local partner-role was not touched");
     let revoked = report["sessions_revoked"].to_string();
     assert!(revoked.contains("999999999999") && revoked.contains("another account"), "{revoked}");
@@ -354,7 +377,8 @@ async fn bench_time_to_fence() {
                 .unwrap();
             let started = Instant::now();
             loop {
-                let on = admin_iam.get_user_policy().user_name(&s.app_user).policy_name("rekey-incident-fence").send().await;
+                let on =
+                    admin_iam.get_user_policy().user_name(&s.app_user).policy_name("rekey-incident-fence").send().await;
                 if on.is_ok() {
                     times.push(started.elapsed().as_secs_f64());
                     break;

@@ -197,7 +197,13 @@ async fn no_key_is_deleted_without_free_slot_and_allow_source_is_validated() {
         .send()
         .await
         .unwrap();
-    admin_iam.tag_user().user_name(&s.app_user).tags(aws_sdk_iam::types::Tag::builder().key(&stale).value("old laptop").build().unwrap()).send().await.unwrap();
+    admin_iam
+        .tag_user()
+        .user_name(&s.app_user)
+        .tags(aws_sdk_iam::types::Tag::builder().key(&stale).value("old laptop").build().unwrap())
+        .send()
+        .await
+        .unwrap();
     let dir = state_dir();
     let env_path = write_env_file(dir.path(), &s.app_key);
     let app = app::start_from(&moto, CredentialSource::EnvFile(env_path.clone()), Some(APP_IP)).await;

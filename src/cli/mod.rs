@@ -245,14 +245,23 @@ pub async fn main() -> Status {
                 s.keep_keys = true;
                 s.free_slot = args.free_slot.clone();
             } else if let Some(k) = &args.free_slot {
-                return refuse(json, "", &format!("--free-slot {k} frees a slot for the cutover's new key, but there is no cutover here; drop it or give --target"));
+                return refuse(
+                    json,
+                    "",
+                    &format!(
+                        "--free-slot {k} frees a slot for the cutover's new key, but there is no cutover here; drop it or give --target"
+                    ),
+                );
             }
             for given in &args.allow_sources {
                 if let Some(a) = crate::incident::fence::admits_attacker(given, &args.investigate.attacker_ips) {
                     return refuse(
                         json,
                         "",
-                        &format!("--allow-source {} admits the attacker address {a} given with --attacker-ip; narrow it", given.value),
+                        &format!(
+                            "--allow-source {} admits the attacker address {a} given with --attacker-ip; narrow it",
+                            given.value
+                        ),
                     );
                 }
             }
@@ -314,7 +323,9 @@ pub async fn main() -> Status {
                 match crate::incident::fence_journal::lift_pending(&iam, &state_dir, user).await {
                     Ok(Some(said)) => eprintln!("rekey: {said}"),
                     Ok(None) => {}
-                    Err(e) => return refuse(json, user, &format!("the incident fence on {user} could not be lifted: {e}")),
+                    Err(e) => {
+                        return refuse(json, user, &format!("the incident fence on {user} could not be lifted: {e}"));
+                    }
                 }
                 // The incident may have been killed before its cutover began: then the fence was
                 // all there was to undo.

@@ -287,19 +287,29 @@ impl Net {
 pub fn parse_allow_source(text: &str) -> Result<FenceSource, String> {
     let t = text.trim();
     let hex_id = |rest: &str| (rest.len() == 8 || rest.len() == 17) && rest.bytes().all(|b| b.is_ascii_hexdigit());
-    let source = |kind: &str, value: String| FenceSource { kind: kind.into(), value, events: 0, first_seen: None, last_seen: None };
+    let source = |kind: &str, value: String| FenceSource {
+        kind: kind.into(),
+        value,
+        events: 0,
+        first_seen: None,
+        last_seen: None,
+    };
     if let Some(rest) = t.strip_prefix("vpce-") {
         return if hex_id(rest) {
             Ok(source("vpce", t.to_ascii_lowercase()))
         } else {
-            Err(format!("--allow-source {t:?} is not a VPC endpoint id; give vpce- and 8 or 17 hex digits (e.g. vpce-0a1b2c3d4e5f67890)"))
+            Err(format!(
+                "--allow-source {t:?} is not a VPC endpoint id; give vpce- and 8 or 17 hex digits (e.g. vpce-0a1b2c3d4e5f67890)"
+            ))
         };
     }
     if let Some(rest) = t.strip_prefix("vpc-") {
         return if hex_id(rest) {
             Ok(source("vpc", t.to_ascii_lowercase()))
         } else {
-            Err(format!("--allow-source {t:?} is not a VPC id; give vpc- and 8 or 17 hex digits (e.g. vpc-0a1b2c3d4e5f67890)"))
+            Err(format!(
+                "--allow-source {t:?} is not a VPC id; give vpc- and 8 or 17 hex digits (e.g. vpc-0a1b2c3d4e5f67890)"
+            ))
         };
     }
     let Some(net) = Net::parse(t) else {
@@ -327,9 +337,13 @@ pub fn admits_attacker(source: &FenceSource, attacker_ips: &[String]) -> Option<
         return None;
     }
     let block = Net::parse(&source.value)?;
-    attacker_ips.iter().find(|a| {
-        Net::parse(a).is_some_and(|a| block.contains(&a.addr) || (a.prefix < block.prefix && a.contains(&block.addr)))
-    }).cloned()
+    attacker_ips
+        .iter()
+        .find(|a| {
+            Net::parse(a)
+                .is_some_and(|a| block.contains(&a.addr) || (a.prefix < block.prefix && a.contains(&block.addr)))
+        })
+        .cloned()
 }
 
 /// A fence ready to apply.

@@ -31,7 +31,12 @@ pub struct Fence {
 }
 
 /// Sources the allowed list lacks, taken from `events` (the full history), never an attacker's.
-pub fn widening(events: &[TimelineEvent], key: &str, allowed: &[FenceSource], attacker_ips: &[String]) -> Vec<FenceSource> {
+pub fn widening(
+    events: &[TimelineEvent],
+    key: &str,
+    allowed: &[FenceSource],
+    attacker_ips: &[String],
+) -> Vec<FenceSource> {
     let own: Vec<TimelineEvent> = events.iter().filter(|e| e.signer.as_deref() == Some(key)).cloned().collect();
     let (learnt, _) = fence::learn_sources(&own, None, attacker_ips);
     learnt

@@ -21,15 +21,20 @@ pub async fn other_keys(iam: &aws_sdk_iam::Client, user: &str, leaked: &str) -> 
         let mut m = KeyMetadata {
             access_key_id: id.to_string(),
             status: k.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
-            created: k.create_date().and_then(|d| std::time::SystemTime::try_from(*d).ok()).map(rekey_trail::time::format),
+            created: k
+                .create_date()
+                .and_then(|d| std::time::SystemTime::try_from(*d).ok())
+                .map(rekey_trail::time::format),
             tags: tags.iter().filter(|t| t.key() == id).map(|t| (t.key().to_string(), t.value().to_string())).collect(),
             ..KeyMetadata::default()
         };
         match iam.get_access_key_last_used().access_key_id(id).send().await {
             Ok(u) => {
                 if let Some(u) = u.access_key_last_used() {
-                    m.last_used =
-                        u.last_used_date().and_then(|d| std::time::SystemTime::try_from(*d).ok()).map(rekey_trail::time::format);
+                    m.last_used = u
+                        .last_used_date()
+                        .and_then(|d| std::time::SystemTime::try_from(*d).ok())
+                        .map(rekey_trail::time::format);
                     m.last_used_service = Some(u.service_name().to_string()).filter(|s| !s.is_empty());
                     m.last_used_region = Some(u.region().to_string()).filter(|s| !s.is_empty());
                 }

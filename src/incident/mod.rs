@@ -15,5 +15,5 @@ pub mod keys;
 pub mod model;
 pub mod report;
 pub mod revoke;
-pub mod sample;
 pub mod run;
+pub mod sample;

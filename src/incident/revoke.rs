@@ -202,12 +202,21 @@ mod tests {
         let timeline = vec![
             assume("arn:aws:iam::111111111111:role/deploy"),
             assume("arn:aws:iam::999999999999:role/deploy"),
-            TimelineEvent { arn: Some("arn:aws:sts::999999999999:assumed-role/admin/x".into()), ..TimelineEvent::default() },
-            TimelineEvent { arn: Some("arn:aws:sts::111111111111:assumed-role/ops/y".into()), ..TimelineEvent::default() },
+            TimelineEvent {
+                arn: Some("arn:aws:sts::999999999999:assumed-role/admin/x".into()),
+                ..TimelineEvent::default()
+            },
+            TimelineEvent {
+                arn: Some("arn:aws:sts::111111111111:assumed-role/ops/y".into()),
+                ..TimelineEvent::default()
+            },
         ];
         let (local, foreign) = roles_used(&timeline, Some("111111111111"));
         assert_eq!(local, ["deploy", "ops"]);
-        assert_eq!(foreign, ["arn:aws:iam::999999999999:role/deploy", "arn:aws:sts::999999999999:assumed-role/admin/x"]);
+        assert_eq!(
+            foreign,
+            ["arn:aws:iam::999999999999:role/deploy", "arn:aws:sts::999999999999:assumed-role/admin/x"]
+        );
         let (local, foreign) = roles_used(&timeline, None);
         assert_eq!(local, ["admin", "deploy", "ops"]);
         assert!(foreign.is_empty());

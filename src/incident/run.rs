@@ -29,9 +29,9 @@ use super::hunt;
 use super::identify;
 use super::investigate::{AwsTrails, Inputs, Investigation, OpenS3, investigate, rfc3339};
 use super::model::{CutoverReport, FenceReport, FenceSource, Finding, Plan, Report, Severity, Timings};
-use super::sample;
 use super::report::write_reports;
 use super::revoke;
+use super::sample;
 use crate::rotate::machine::{self as rotation, Effects, Settings};
 
 /// How the leaked key is replaced.
@@ -143,10 +143,8 @@ pub async fn run(
         let history = settings.use_history.then_some(&history as &dyn super::history::EventHistory);
         let trails = settings.use_trails.then_some(&trails as &dyn super::investigate::Trails);
         let logs = std::mem::take(&mut settings.logs);
-        let athena = settings
-            .athena
-            .clone()
-            .map(|settings| super::investigate::AthenaReader { api: &athena_client, settings });
+        let athena =
+            settings.athena.clone().map(|settings| super::investigate::AthenaReader { api: &athena_client, settings });
         let rate = settings.history_rate;
         async move {
             let _ = fenced_rx.wait_for(|on| *on).await;
@@ -382,7 +380,9 @@ pub async fn run(
                 todo.push(format!("lift the fence ({}) once the key is rotated", fence::POLICY_NAME));
             } else {
                 match f.take_off(&iam, status, &why).await {
-                    Ok(()) => actions.push(format!("lifted the fence on {user}: {}", why.trim_start_matches("lifted: "))),
+                    Ok(()) => {
+                        actions.push(format!("lifted the fence on {user}: {}", why.trim_start_matches("lifted: ")))
+                    }
                     Err(e) => todo.push(format!("remove the fence policy {} from {user}: {e}", fence::POLICY_NAME)),
                 }
             }
@@ -403,8 +403,10 @@ pub async fn run(
         (fence, cutover_report, exit, other_keys, fence_applied_s, cutover_done_s, actions, todo)
     };
 
-    let ((fence_done, cutover_report, exit, other_keys, fence_applied_s, cutover_done_s, actions, more_todo), (inv, inv_done_s)) =
-        tokio::join!(containment, investigation);
+    let (
+        (fence_done, cutover_report, exit, other_keys, fence_applied_s, cutover_done_s, actions, more_todo),
+        (inv, inv_done_s),
+    ) = tokio::join!(containment, investigation);
     let inv: Investigation = Arc::try_unwrap(inv).unwrap_or_else(|shared| (*shared).clone());
     timings.fence_applied_s = fence_applied_s;
     timings.cutover_done_s = cutover_done_s;
@@ -436,7 +438,11 @@ pub async fn run(
                 continue;
             }
             let r = revoke::revoke_role(&iam, role, incident_start).await;
-            actions_taken.push(format!("revoked sessions of role {role} issued before {}: {}", rfc3339(incident_start), r.status));
+            actions_taken.push(format!(
+                "revoked sessions of role {role} issued before {}: {}",
+                rfc3339(incident_start),
+                r.status
+            ));
             sessions_revoked.push(r);
         }
         for arn in &foreign {
