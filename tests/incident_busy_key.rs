@@ -110,7 +110,7 @@ async fn a_busy_key_is_fenced_in_seconds_while_the_attacker_keeps_acting() {
         .send()
         .await
         .unwrap();
-    let trust = json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":format!("arn:aws:iam::{ACCOUNT}:root")},"Action":"sts:AssumeRole"}]});
+    let trust = json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":format!("arn:aws:iam::{ACCOUNT}:user/{}", s.app_user)},"Action":"sts:AssumeRole"}]});
     for role in ["app-role", "partner-role"] {
         admin_iam.create_role().role_name(role).assume_role_policy_document(trust.to_string()).send().await.unwrap();
         admin_iam

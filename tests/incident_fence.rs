@@ -28,8 +28,9 @@ fn epoch(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-/// An app user allowed everything, and a history: the app every 90 s from APP_IP for a week, 40
-/// calls from RARE_IP three weeks ago, and the attacker half an hour ago.
+/// An app user allowed everything, and a history: the app every 90 s from APP_IP for 26 days, 40
+/// calls from RARE_IP three weeks ago (beyond every page the sample reads), and the attacker half
+/// an hour ago.
 async fn world(moto: &Moto) -> Seeded {
     let s = seed(moto).await;
     let admin_iam = aws_sdk_iam::Client::new(&moto.sdk_config(&s.admin));
@@ -52,7 +53,7 @@ async fn world(moto: &Moto) -> Seeded {
         "reset": true,
         "rate": 200.0,
         "series": [
-            series("app", APP_IP, now - Duration::from_secs(600), 90.0, 6_700),
+            series("app", APP_IP, now - Duration::from_secs(600), 90.0, 25_000),
             series("rare", RARE_IP, now - Duration::from_secs(21 * 86_400), 3600.0, 40),
             series("attacker", ATTACKER_IP, now - Duration::from_secs(1800), 1.0, 100),
         ],
