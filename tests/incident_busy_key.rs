@@ -192,7 +192,7 @@ async fn a_busy_key_is_fenced_in_seconds_while_the_attacker_keeps_acting() {
                 let outcome =
                     called.map(|_| ()).map_err(|e| e.into_service_error().meta().code().unwrap_or("?").to_string());
                 log.lock().unwrap().calls.push((Instant::now(), outcome));
-                if n % 8 == 0 {
+                if n.is_multiple_of(8) {
                     let name = format!("evil-{n}");
                     let created = iam
                         .create_user()
@@ -253,7 +253,7 @@ async fn a_busy_key_is_fenced_in_seconds_while_the_attacker_keeps_acting() {
     out.assert_code(0);
 
     // Shut out within seconds, and never let back in.
-    let log = log.lock().unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
     let first_refusal = log
         .calls
         .iter()

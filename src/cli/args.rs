@@ -54,7 +54,7 @@ pub(crate) enum Command {
     Trace(TraceArgs),
     /// A leaked key: fence the attacker out, cut over without downtime, revoke sessions,
     /// investigate, hunt backdoors, and write a report and a containment plan.
-    Incident(IncidentArgs),
+    Incident(Box<IncidentArgs>),
     /// Everything `incident` finds out, changing nothing: owner, timeline, backdoors, report, plan.
     Investigate(InvestigateArgs),
     /// Carry out (or undo) a containment plan written by `incident` or `investigate`.
