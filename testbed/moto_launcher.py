@@ -5,9 +5,10 @@ between moto's auth enforcement and real AWS that would otherwise make a zero-do
 test pass for the wrong reason or fail to see the error code at all: inactive keys,
 auth error shapes, Lambda GET signatures, IAM condition evaluation (patch 5, which
 also lets a test choose its caller's aws:SourceIp with an X-Forwarded-For header),
-user-scoped IAM resources with policy variables (patch 10), IAM's eventual consistency (patch 12:
-a new, deactivated or reactivated key is seen by each of N hosts at its own moment), and atomic
-DynamoDB conditional writes (patch 14), and login profiles' own creation dates (patch 13).
+user-scoped IAM resources with policy variables (patch 10), CloudTrail LookupEvents with AWS's
+paging and rate limit over a seeded history (patch 11), IAM's eventual consistency (patch 12: a
+new, deactivated or reactivated key is seen by each of N hosts at its own moment), login
+profiles' own creation dates (patch 13) and atomic DynamoDB conditional writes (patch 14).
 
 Usage: python moto_launcher.py [moto_server args...]
 """
@@ -835,6 +836,221 @@ def _get_login_profile(self):
 _IAMBackend.create_login_profile = _create_login_profile
 _IamResponse.get_login_profile = _get_login_profile
 # ---- end rekey incident hunt -------------------------------------------------------------------
+
+
+# ---- rekey incident: patch 11 ----------------------------------------------------------------
+# 11. CloudTrail LookupEvents, served like AWS. moto answers it with HTTP 500 and records no events,
+#     so nothing could show that `rekey incident` fences the attacker out in seconds whatever the
+#     size of the key's history. AWS serves event history per Region, newest first, at most 50
+#     events a page (MaxResults), with an opaque NextToken, filtered by one LookupAttribute and by
+#     StartTime/EndTime, and allows 2 requests/s per account and Region, answering
+#     ThrottlingException beyond (a token bucket of 2 here, refilled at the rate).
+#     Tests seed the history through POST /moto-api/rekey/history (JSON): "series" describe
+#     millions of events without storing them (event i of a series happens at newest - i*interval,
+#     generated when a page needs it: seeding 3,000,000 events is one request), "events" are
+#     single raw CloudTrail records (AssumeRole, the attacker's first calls …), "rate" scales the
+#     per-Region limit so that a full read does not take minutes of CI; {"reset": true} clears.
+#     REKEY_HISTORY_RATE sets the rate at start.
+import base64  # noqa: E402
+import bisect  # noqa: E402
+
+from moto.cloudtrail import responses as _ct_responses  # noqa: E402
+
+_HISTORY_LOCK = threading.Lock()
+_HISTORY = {"series": [], "events": {}, "rate": float(__import__("os").environ.get("REKEY_HISTORY_RATE", "2"))}
+_HISTORY_BUCKETS = {}
+
+
+def _epoch(value):
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return _parse_date(str(value)).timestamp()
+
+
+def _series_event(series, i):
+    moment = series["newest"] - i * series["interval"]
+    when = datetime.datetime.fromtimestamp(moment, _UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    record = {
+        "eventVersion": "1.09",
+        "userIdentity": {
+            "type": "IAMUser",
+            "principalId": "AIDAREKEYHISTORY",
+            "arn": series.get("arn", ""),
+            "accountId": series.get("account", "123456789012"),
+            "accessKeyId": series["access_key_id"],
+            "userName": series.get("user_name", ""),
+        },
+        "eventTime": when,
+        "eventSource": series.get("event_source", "sts.amazonaws.com"),
+        "eventName": series.get("event_name", "GetCallerIdentity"),
+        "awsRegion": series["region"],
+        "sourceIPAddress": series["source_ip"],
+        "userAgent": series.get("user_agent", "aws-sdk-rust/1.3"),
+        "requestParameters": None,
+        "responseElements": None,
+        "requestID": f"{series['id']}-{i:09d}",
+        "eventID": f"{series['id']}-{i:09d}",
+        "readOnly": True,
+        "eventType": "AwsApiCall",
+        "managementEvent": True,
+        "recipientAccountId": series.get("account", "123456789012"),
+    }
+    return moment, record
+
+
+def _matches(record, attribute):
+    if attribute is None:
+        return True
+    key, value = attribute
+    identity = record.get("userIdentity") or {}
+    if key == "AccessKeyId":
+        return identity.get("accessKeyId") == value
+    if key == "Username":
+        return identity.get("userName") == value
+    if key == "EventName":
+        return record.get("eventName") == value
+    if key == "EventSource":
+        return record.get("eventSource") == value
+    if key == "EventId":
+        return record.get("eventID") == value
+    return False
+
+
+def _series_range(series, start, end):
+    """Indices [lo, hi) of a series whose times fall in [start, end]."""
+    newest, step, count = series["newest"], series["interval"], series["count"]
+    lo = 0 if end is None or end >= newest else int(-(-(newest - end) // step))
+    hi = count if start is None else min(count, int((newest - start) // step) + 1)
+    return max(lo, 0), max(hi, 0)
+
+
+def _throttled(region):
+    now = time.monotonic()
+    with _HISTORY_LOCK:
+        rate = _HISTORY["rate"]
+        tokens, at = _HISTORY_BUCKETS.get(region, (2.0, now))
+        tokens = min(2.0, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            _HISTORY_BUCKETS[region] = (tokens, now)
+            return True
+        _HISTORY_BUCKETS[region] = (tokens - 1.0, now)
+        return False
+
+
+def _lookup_events(self):
+    from moto.core.exceptions import JsonRESTError as _Json
+
+    region = self.region
+    if _throttled(region):
+        raise _Json("ThrottlingException", "Rate exceeded")
+    attributes = self._get_param("LookupAttributes") or []
+    if len(attributes) > 1:
+        raise _Json("InvalidLookupAttributesException", "You cannot specify more than one lookup attribute.")
+    attribute = (attributes[0]["AttributeKey"], attributes[0]["AttributeValue"]) if attributes else None
+    start, end = _epoch(self._get_param("StartTime")), _epoch(self._get_param("EndTime"))
+    limit = max(1, min(50, int(self._get_param("MaxResults") or 50)))
+    token = self._get_param("NextToken")
+    with _HISTORY_LOCK:
+        series = [s for s in _HISTORY["series"] if s["region"] == region and _matches(_series_event(s, 0)[1], attribute)]
+        explicit = _HISTORY["events"].get(region, ([], []))
+    # One cursor per series and one over the explicit events, all newest first.
+    cursors = json.loads(base64.b64decode(token)) if token else {}
+    heads = []
+    for s in series:
+        lo, hi = _series_range(s, start, end)
+        at = max(lo, cursors.get(s["id"], lo))
+        heads.append(["s", s, at, hi])
+    times, records = explicit
+    # `times` ascending (negated newest-first keys): find the window.
+    lo = 0 if end is None else bisect.bisect_left(times, -end)
+    hi = len(times) if start is None else bisect.bisect_right(times, -start)
+    heads.append(["x", None, max(lo, cursors.get("x", lo)), hi])
+    page = []
+    while len(page) < limit:
+        best = None
+        for h in heads:
+            kind, s, at, hi = h
+            if kind == "x":
+                while at < hi and not _matches(records[at], attribute):
+                    at += 1
+                h[2] = at
+                if at >= hi:
+                    continue
+                moment = -times[at]
+            else:
+                if at >= hi:
+                    continue
+                moment = s["newest"] - at * s["interval"]
+            if best is None or moment > best[0]:
+                best = (moment, h)
+        if best is None:
+            break
+        h = best[1]
+        if h[0] == "x":
+            page.append((best[0], records[h[2]]))
+        else:
+            page.append(_series_event(h[1], h[2]))
+        h[2] += 1
+    more = any(h[2] < h[3] for h in heads)
+    events = []
+    for moment, record in page:
+        identity = record.get("userIdentity") or {}
+        events.append(
+            {
+                "EventId": record.get("eventID"),
+                "EventName": record.get("eventName"),
+                "ReadOnly": str(record.get("readOnly", True)).lower(),
+                "AccessKeyId": identity.get("accessKeyId"),
+                "EventTime": moment,
+                "EventSource": record.get("eventSource"),
+                "Username": identity.get("userName"),
+                "Resources": [],
+                "CloudTrailEvent": json.dumps(record),
+            }
+        )
+    body = {"Events": events}
+    if more:
+        state = {(h[1]["id"] if h[0] == "s" else "x"): h[2] for h in heads}
+        body["NextToken"] = base64.b64encode(json.dumps(state).encode()).decode()
+    return json.dumps(body)
+
+
+_ct_responses.CloudTrailResponse.lookup_events = _lookup_events
+
+
+def _rekey_history(request, full_url, headers):
+    # A form-encoded body was already read by patch 8, which keeps its bytes.
+    body = getattr(request, "data", None) or _RAW_FORM_BODY.get() or b"{}"
+    spec = json.loads(body)
+    with _HISTORY_LOCK:
+        if spec.get("reset"):
+            _HISTORY["series"].clear()
+            _HISTORY["events"].clear()
+            _HISTORY_BUCKETS.clear()
+        if "rate" in spec:
+            _HISTORY["rate"] = float(spec["rate"])
+        for s in spec.get("series", []):
+            s = dict(s)
+            s["id"] = s.get("id") or f"series{len(_HISTORY['series'])}"
+            s["newest"] = _epoch(s["newest"])
+            s["interval"] = float(s["interval"])
+            s["count"] = int(s["count"])
+            _HISTORY["series"].append(s)
+        for record in spec.get("events", []):
+            region = record.get("awsRegion", "us-east-1")
+            times, records = _HISTORY["events"].setdefault(region, ([], []))
+            key = -_epoch(record["eventTime"])
+            at = bisect.bisect_right(times, key)
+            times.insert(at, key)
+            records.insert(at, record)
+        total = sum(s["count"] for s in _HISTORY["series"]) + sum(len(t) for t, _ in _HISTORY["events"].values())
+    return 200, {"Content-Type": "application/json"}, json.dumps({"events": total, "rate": _HISTORY["rate"]})
+
+
+_api_urls.url_paths["{0}/moto-api/rekey/history"] = _rekey_history
+# ---- end rekey incident patch 11 --------------------------------------------------------------
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ async fn what_the_attacker_makes_while_rekey_runs_is_found_and_planned() {
         "--no-fence",
         "--no-sweep",
     ];
-    args.extend(FAST);
+    args.extend(WAITS);
     let started = Instant::now();
     let mut child = rekey_command(&moto, &s.admin, dir.path(), &args, &[])
         .stdout(std::process::Stdio::piped())

@@ -264,6 +264,7 @@ fn scenario() -> (Report, Plan) {
             }],
             excluded: vec![ATTACKER.into()],
             detail: None,
+            ..FenceReport::default()
         }),
         cutover: Some(CutoverReport {
             outcome: "rotated".into(),
@@ -320,6 +321,8 @@ fn scenario() -> (Report, Plan) {
             "Get read access to s3://org-trail-logs and rerun for all regions".into(),
         ],
         review: None,
+        timings: Default::default(),
+        other_keys: Vec::new(),
     };
     let plan = Plan {
         incident: "incident-20240515-AKIA1234567890ABCDEF".into(),

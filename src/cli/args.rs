@@ -249,6 +249,10 @@ pub(crate) struct InvestigateArgs {
     pub(crate) sweep_deadline: Duration,
     #[command(flatten)]
     pub(crate) athena: AthenaArgs,
+    /// LookupEvents requests per second per Region. AWS allows 2; only an emulator that scales its
+    /// limit (the test suite's) takes more.
+    #[arg(long, hide = true, default_value_t = 2.0)]
+    pub(crate) history_rate: f64,
 }
 
 #[derive(Args, Debug)]
@@ -278,6 +282,14 @@ pub(crate) struct IncidentArgs {
     /// Do not fence the user while the cutover runs.
     #[arg(long)]
     pub(crate) no_fence: bool,
+    /// A source the fence always lets in (repeatable): an address or CIDR block, vpc-… or vpce-…
+    /// (what you know the application calls from; the rest is learnt from its recent use).
+    #[arg(long = "allow-source", value_name = "CIDR|vpc-…|vpce-…", value_parser = crate::incident::fence::parse_allow_source, conflicts_with = "no_fence")]
+    pub(crate) allow_sources: Vec<crate::incident::model::FenceSource>,
+    /// The user's Inactive second key that may be deleted to make room for the new key. rekey
+    /// deletes no key in an incident unless named here, after you have looked at it.
+    #[arg(long = "free-slot", value_name = "AKIA…", value_parser = crate::trace::parse_key)]
+    pub(crate) free_slot: Option<String>,
     /// Also cut over every place `rekey discover` finds the leaked key in (printed before use).
     #[arg(long, conflicts_with_all = ["no_cutover", "deactivate_now"])]
     pub(crate) discover: bool,

@@ -181,6 +181,8 @@ pub async fn main() -> Status {
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
                 mark_deactivated: false,
+                keep_keys: false,
+                free_slot: None,
                 own_key: args.own_key,
                 retire: crate::rotate::evidence::Retire {
                     force: args.force_deactivate.then(|| "--force-deactivate".to_string()),
@@ -210,7 +212,7 @@ pub async fn main() -> Status {
                     return refuse(json, "", &e);
                 }
             }
-            let cutover = if args.no_cutover {
+            let mut cutover = if args.no_cutover {
                 crate::incident::run::Cutover::Skip { why: "--no-cutover".into() }
             } else if args.deactivate_now {
                 crate::incident::run::Cutover::DeactivateNow
@@ -233,17 +235,44 @@ pub async fn main() -> Status {
                     verify_regions: args.waits.verify_regions.clone(),
                     defer_deactivation: false,
                     mark_deactivated: false,
+                    keep_keys: false,
+                    free_slot: None,
                     own_key: false,
                     // The attacker's own calls are exactly "a consumer rekey did not move": the
                     // leaked key goes off whoever still uses it (discover lists them beforehand).
                     retire: crate::rotate::evidence::Retire::forced("incident: the leaked key is deactivated"),
                 }))
             };
-            incident(&cli, state_dir, &args.investigate, cutover, !args.no_fence, false, json).await
+            if let crate::incident::run::Cutover::Rotate(s) = &mut cutover {
+                s.keep_keys = true;
+                s.free_slot = args.free_slot.clone();
+            } else if let Some(k) = &args.free_slot {
+                return refuse(
+                    json,
+                    "",
+                    &format!(
+                        "--free-slot {k} frees a slot for the cutover's new key, but there is no cutover here; drop it or give --target"
+                    ),
+                );
+            }
+            for given in &args.allow_sources {
+                if let Some(a) = crate::incident::fence::admits_attacker(given, &args.investigate.attacker_ips) {
+                    return refuse(
+                        json,
+                        "",
+                        &format!(
+                            "--allow-source {} admits the attacker address {a} given with --attacker-ip; narrow it",
+                            given.value
+                        ),
+                    );
+                }
+            }
+            let extra = Extra { allow_sources: args.allow_sources.clone() };
+            incident(&cli, state_dir, &args.investigate, cutover, !args.no_fence, false, json, extra).await
         }
         Command::Investigate(args) => {
             let skip = crate::incident::run::Cutover::Skip { why: "investigate changes nothing".into() };
-            incident(&cli, state_dir, args, skip, false, true, json).await
+            incident(&cli, state_dir, args, skip, false, true, json, Extra::default()).await
         }
         Command::Completions(_) | Command::Man(_) => unreachable!("answered before the state folder is needed"),
         Command::Contain(args) => contain(&cli, args, json).await,
@@ -280,14 +309,51 @@ pub async fn main() -> Status {
                 verify_regions: args.waits.verify_regions.clone(),
                 defer_deactivation: false,
                 mark_deactivated: false,
+                keep_keys: false,
+                free_slot: None,
                 own_key: args.own_key,
                 retire: crate::rotate::evidence::Retire { quiet: args.quiet_period, ..Default::default() },
             };
+            // A fence an interrupted `rekey incident` left on is lifted first, like a target.
+            if let Some(user) = &args.user
+                && crate::incident::fence_journal::pending(&state_dir, user).is_some()
+            {
+                let sdk = match load_sdk(&cli).await {
+                    Ok(s) => s,
+                    Err(e) => return refuse(json, user, &e),
+                };
+                let iam = aws_sdk_iam::Client::new(&sdk);
+                match crate::incident::fence_journal::lift_pending(&iam, &state_dir, user).await {
+                    Ok(Some(said)) => eprintln!("rekey: {said}"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        return refuse(json, user, &format!("the incident fence on {user} could not be lifted: {e}"));
+                    }
+                }
+                // The incident may have been killed before its cutover began: then the fence was
+                // all there was to undo.
+                let journals = Journals::Local(state_dir.clone());
+                if args.journal.journal_table.is_none() && journals.vacant(user).await.is_ok() {
+                    if json {
+                        println!("{}", serde_json::json!({"user": user, "outcome": "fence_lifted"}));
+                    } else {
+                        println!("{user}: the incident fence is lifted; no unfinished rotation was left");
+                    }
+                    return Status::Ok;
+                }
+            }
             run_with_aws(&cli, state_dir, &args.journal, &settings, json, Some(args.rollback)).await
         }
     }
 }
 
+/// What `incident` takes beyond `investigate`'s arguments.
+#[derive(Default)]
+struct Extra {
+    allow_sources: Vec<crate::incident::model::FenceSource>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn incident(
     cli: &Cli,
     state_dir: PathBuf,
@@ -296,6 +362,7 @@ async fn incident(
     fence: bool,
     read_only: bool,
     json: bool,
+    extra: Extra,
 ) -> Status {
     use crate::incident::run::{IncidentSettings, run};
     let sdk = match load_sdk(cli).await {
@@ -307,11 +374,18 @@ async fn incident(
         return refuse(json, "", "--since is not before --until; give an earlier --since (e.g. 30d)");
     }
     let handle = tokio::runtime::Handle::current();
+    if !(args.history_rate.is_finite() && args.history_rate > 0.0) {
+        return refuse(json, "", "--history-rate must be a positive number of requests per second (AWS allows 2)");
+    }
     let mut logs = Vec::new();
+    let mut sample_logs = Vec::new();
     for spec in &args.logs {
-        match spec.source(Some(&sdk), &handle) {
-            Ok(s) => logs.push((spec.to_string(), s)),
-            Err(e) => return refuse(json, "", &e),
+        match (spec.source(Some(&sdk), &handle), spec.source(Some(&sdk), &handle)) {
+            (Ok(s), Ok(again)) => {
+                logs.push((spec.to_string(), s));
+                sample_logs.push((spec.to_string(), again));
+            }
+            (Err(e), _) | (_, Err(e)) => return refuse(json, "", &e),
         }
     }
     let athena = match args.athena.options() {
@@ -330,7 +404,7 @@ async fn incident(
         _ => Vec::new(),
     };
     let wiring = Wiring::new(&sdk, &verify_regions, std::io::stderr().is_terminal());
-    let fx = wiring.effects(Journals::Local(state_dir));
+    let fx = wiring.effects(Journals::Local(state_dir.clone()));
     let open_s3 = |url: &str| -> Result<Box<dyn rekey_trail::Source>, String> {
         crate::trace::sources::LogsSpec::parse(url)?.source(Some(&sdk), &handle)
     };
@@ -353,6 +427,10 @@ async fn incident(
             o.deadline = args.sweep_deadline;
             o
         }),
+        allow_sources: extra.allow_sources,
+        sample_logs,
+        history_rate: args.history_rate,
+        state_dir,
     };
     match run(&sdk, settings, Some(&fx), &open_s3, interrupted()).await {
         Err(e) => refuse(json, "", &e.0),
@@ -365,6 +443,7 @@ async fn incident(
                     "owner": r.owner.user,
                     "cutover": r.cutover.as_ref().map(|c| &c.outcome),
                     "findings": r.findings.iter().map(|f| serde_json::json!({"id": f.id, "severity": f.severity, "title": f.title, "still_present": f.still_present})).collect::<Vec<_>>(),
+                    "timings": r.timings,
                     "report_dir": report_dir,
                     "files": outcome.files,
                 });
@@ -377,6 +456,16 @@ async fn incident(
                     r.severity,
                     r.owner.user.as_deref().unwrap_or("unknown")
                 );
+                let t = &r.timings;
+                let secs = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.1} s"));
+                if !read_only {
+                    println!(
+                        "  timings from the start: fence applied {}, cutover done {}, investigation done {}",
+                        secs(t.fence_applied_s),
+                        secs(t.cutover_done_s),
+                        secs(t.investigation_done_s)
+                    );
+                }
                 for a in &r.actions_taken {
                     println!("  did: {a}");
                 }

@@ -263,7 +263,15 @@ async fn read_user(iam: &aws_sdk_iam::Client, name: String) -> UserFacts {
     }
     // A hold always leaves two keys; a user with one has none to read.
     if user.keys.len() >= 2 {
-        match iam.list_user_tags().user_name(&user.name).into_paginator().items().send().collect::<Result<Vec<_>, _>>().await {
+        match iam
+            .list_user_tags()
+            .user_name(&user.name)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+        {
             Ok(tags) => {
                 for t in tags {
                     if let (Some(k), Some(at)) =

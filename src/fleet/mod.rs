@@ -402,6 +402,8 @@ fn settings_for(r: &Rotation, d: &Defaults, opts: &Options, old_key: Option<Stri
         defer_deactivation: !grace.is_zero(),
         // Without it, `delete_after` would never know when the old key was turned off.
         mark_deactivated: true,
+        keep_keys: false,
+        free_slot: None,
         own_key: false,
         // GetAccessKeyLastUsed through the account's own IAM client.
         retire: Retire { quiet: opts.quiet, ..Default::default() },

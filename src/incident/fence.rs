@@ -281,6 +281,71 @@ impl Net {
     }
 }
 
+/// An `--allow-source`: an address or CIDR block (`203.0.113.0/24`), a VPC (`vpc-…`) or a VPC
+/// endpoint (`vpce-…`), checked before anything changes. A block wider than /16 (IPv4) or /32
+/// (IPv6) is refused: a fence that admits a sixteenth of the internet fences nobody out.
+pub fn parse_allow_source(text: &str) -> Result<FenceSource, String> {
+    let t = text.trim();
+    let hex_id = |rest: &str| (rest.len() == 8 || rest.len() == 17) && rest.bytes().all(|b| b.is_ascii_hexdigit());
+    let source = |kind: &str, value: String| FenceSource {
+        kind: kind.into(),
+        value,
+        events: 0,
+        first_seen: None,
+        last_seen: None,
+    };
+    if let Some(rest) = t.strip_prefix("vpce-") {
+        return if hex_id(rest) {
+            Ok(source("vpce", t.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "--allow-source {t:?} is not a VPC endpoint id; give vpce- and 8 or 17 hex digits (e.g. vpce-0a1b2c3d4e5f67890)"
+            ))
+        };
+    }
+    if let Some(rest) = t.strip_prefix("vpc-") {
+        return if hex_id(rest) {
+            Ok(source("vpc", t.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "--allow-source {t:?} is not a VPC id; give vpc- and 8 or 17 hex digits (e.g. vpc-0a1b2c3d4e5f67890)"
+            ))
+        };
+    }
+    let Some(net) = Net::parse(t) else {
+        return Err(format!(
+            "--allow-source {t:?} is not an IP address, a CIDR block, vpc-… or vpce-…; give e.g. 203.0.113.10, 203.0.113.0/24 or vpce-0a1b2c3d4e5f67890"
+        ));
+    };
+    let min = if net.addr.is_ipv4() { 16 } else { 32 };
+    if net.prefix < min {
+        return Err(format!(
+            "--allow-source {t:?} admits too many addresses for a fence (wider than /{min}); name the application's own addresses or its VPC endpoint"
+        ));
+    }
+    if !is_public(&net.addr) {
+        return Err(format!(
+            "--allow-source {t:?} is a private address: aws:SourceIp never carries one (calls through a VPC endpoint are matched by its id); give the vpce-… id instead"
+        ));
+    }
+    Ok(source("ip", Net { addr: network(&net), prefix: net.prefix }.cidr()))
+}
+
+/// The first attacker address `source` (an `ip` source) would admit, if any.
+pub fn admits_attacker(source: &FenceSource, attacker_ips: &[String]) -> Option<String> {
+    if source.kind != "ip" {
+        return None;
+    }
+    let block = Net::parse(&source.value)?;
+    attacker_ips
+        .iter()
+        .find(|a| {
+            Net::parse(a)
+                .is_some_and(|a| block.contains(&a.addr) || (a.prefix < block.prefix && a.contains(&block.addr)))
+        })
+        .cloned()
+}
+
 /// A fence ready to apply.
 #[derive(Debug, Clone)]
 pub struct FencePolicy {
@@ -501,6 +566,7 @@ pub async fn fence_user(
             allowed: policy.allowed,
             excluded,
             detail: Some(policy.notes.join("; ")).filter(|d| !d.is_empty()),
+            ..FenceReport::default()
         },
         Err(e) => FenceReport {
             status: e.status().to_string(),
@@ -508,6 +574,7 @@ pub async fn fence_user(
             allowed: sources.to_vec(),
             excluded,
             detail: Some(e.to_string()),
+            ..FenceReport::default()
         },
     }
 }
@@ -663,6 +730,32 @@ mod tests {
             FenceSource { kind: "vpce".into(), value: "vpce-1".into(), events: 1, first_seen: None, last_seen: None };
         let only_vpce = fence_policy(&[vpce]).unwrap();
         assert!(only_vpce["Statement"][0]["Condition"].get("NotIpAddress").is_none());
+    }
+
+    #[test]
+    fn allow_sources_are_validated() {
+        let ok = |t: &str| parse_allow_source(t).map(|s| format!("{}:{}", s.kind, s.value));
+        assert_eq!(ok("203.0.113.10").unwrap(), "ip:203.0.113.10/32");
+        assert_eq!(ok(" 203.0.113.77/24 ").unwrap(), "ip:203.0.113.0/24");
+        assert_eq!(ok("2001:db8::1/64").unwrap(), "ip:2001:db8::/64");
+        assert_eq!(ok("vpc-0a1b2c3d").unwrap(), "vpc:vpc-0a1b2c3d");
+        assert_eq!(ok("vpce-0A1B2C3D4E5F67890").unwrap(), "vpce:vpce-0a1b2c3d4e5f67890");
+        for (bad, says) in [
+            ("vpce-xyz", "not a VPC endpoint id"),
+            ("vpc-12", "not a VPC id"),
+            ("203.0.113.300", "not an IP address"),
+            ("203.0.113.0/33", "not an IP address"),
+            ("0.0.0.0/0", "too many addresses"),
+            ("10.0.0.0/16", "private address"),
+            ("", "not an IP address"),
+        ] {
+            let e = parse_allow_source(bad).unwrap_err();
+            assert!(e.contains(says) && !e.contains('\n'), "{bad}: {e}");
+        }
+        let block = parse_allow_source("198.51.100.0/24").unwrap();
+        assert_eq!(admits_attacker(&block, &["198.51.100.50".into()]).as_deref(), Some("198.51.100.50"));
+        assert_eq!(admits_attacker(&block, &["192.0.2.1".into()]), None);
+        assert_eq!(admits_attacker(&parse_allow_source("vpce-0a1b2c3d").unwrap(), &["198.51.100.50".into()]), None);
     }
 
     #[test]

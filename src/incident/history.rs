@@ -598,7 +598,7 @@ fn ingest(shared: &Shared<'_>, st: &mut State, index: usize, key: &str, events: 
 }
 
 /// Runs borrowed futures to completion side by side (tokio's `JoinSet` wants `'static` ones).
-async fn join_all<F: Future<Output = ()>>(futures: Vec<F>) {
+pub(crate) async fn join_all<F: Future<Output = ()>>(futures: Vec<F>) {
     let mut futures: Vec<Option<Pin<Box<F>>>> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
     std::future::poll_fn(|cx| {
         let mut running = false;

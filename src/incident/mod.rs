@@ -4,12 +4,17 @@
 
 pub mod contain;
 pub mod digest;
+pub mod egress;
 pub mod fence;
+pub mod fence_journal;
+pub mod fence_step;
 pub mod history;
 pub mod hunt;
 pub mod identify;
 pub mod investigate;
+pub mod keys;
 pub mod model;
 pub mod report;
 pub mod revoke;
 pub mod run;
+pub mod sample;

@@ -338,12 +338,46 @@ pub struct FenceSource {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FenceReport {
-    /// `applied`, `removed`, `skipped`, `not_possible`, `failed`.
+    /// `applied`, `removed`, `lifted` (taken off before the cutover because the application failed
+    /// behind it), `skipped`, `not_possible`, `failed`.
     pub status: String,
     pub policy_name: Option<String>,
     pub allowed: Vec<FenceSource>,
     pub excluded: Vec<String>,
     pub detail: Option<String>,
+    /// What the allowed sources were learnt from: the bounded sample, `--allow-source`, and how
+    /// long the sample took (it is bounded in requests and seconds, never the whole history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learnt_from: Option<String>,
+    /// Sources added after the probes failed behind the fence, from the full history, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub widened: Vec<FenceSource>,
+    /// Plain-words notes on the fence's life: widened, lifted, why it skipped IP conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// Seconds from the start of `rekey incident` to each milestone; None when it did not happen.
+/// Time to containment (`fence_applied_s`) is the figure responders quote.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub fence_applied_s: Option<f64>,
+    pub cutover_done_s: Option<f64>,
+    pub investigation_done_s: Option<f64>,
+}
+
+/// An access key of the user other than the leaked one: in incident mode it is never deleted
+/// (evidence), so its metadata is recorded whether or not it blocks the cutover.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KeyMetadata {
+    pub access_key_id: String,
+    pub status: String,
+    pub created: Option<String>,
+    pub last_used: Option<String>,
+    pub last_used_service: Option<String>,
+    pub last_used_region: Option<String>,
+    /// The user's tags about this key (the console keeps a key's description as a tag keyed by it).
+    pub tags: Vec<(String, String)>,
 }
 
 /// `report.json`.
@@ -371,4 +405,9 @@ pub struct Report {
     /// The post-incident checklist, answered by the live sweep (`crate::sweep`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<crate::sweep::review::Review>,
+    #[serde(default)]
+    pub timings: Timings,
+    /// The user's other access keys, never deleted in incident mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_keys: Vec<KeyMetadata>,
 }

@@ -5,9 +5,10 @@
 //!
 //! `aws:TokenIssueTime` exists only in requests signed with temporary credentials. Long-term keys
 //! (the new key after the cutover) never carry it, so `DateLessThan` on a missing key is false and
-//! they keep working; sessions minted after the policy's time keep working too. Sessions the
-//! application itself minted before now are cut as well and must be renewed (SDKs do that on
-//! their own when they hold the long-term key).
+//! they keep working; sessions minted after the policy's time keep working too. The time is the
+//! incident's start, before the cutover, so the sessions the application mints with the *new* key
+//! keep working; sessions it minted before are cut and must be renewed (SDKs do that on their own
+//! when they hold the long-term key).
 
 use std::time::SystemTime;
 
@@ -54,6 +55,43 @@ pub fn role_name(role: &str) -> Option<String> {
         role
     };
     Some(name.to_string()).filter(|n| !n.is_empty())
+}
+
+/// The roles whose sessions the key (or a session it minted) used, from the timeline: `(local role
+/// names, foreign role ARNs)`. A role ARN in another account is never mapped to a same-named role
+/// here: that would put a Deny on an unrelated local role and leave the real one untouched (it
+/// is revoked from that account). With `account` unknown every role counts as local.
+pub fn roles_used(timeline: &[super::model::TimelineEvent], account: Option<&str>) -> (Vec<String>, Vec<String>) {
+    let mut local = std::collections::BTreeSet::new();
+    let mut foreign = std::collections::BTreeSet::new();
+    let mut add = |arn: &str| {
+        let Some(name) = role_name(arn) else { return };
+        let arn_account = arn.split(':').nth(4).filter(|a| !a.is_empty());
+        match (arn_account, account) {
+            (Some(a), Some(ours)) if a != ours => {
+                foreign.insert(arn.to_string());
+            }
+            _ => {
+                local.insert(name);
+            }
+        }
+    };
+    for e in timeline.iter().filter(|e| !e.failed) {
+        if e.event_name == "AssumeRole"
+            && let Some(arn) = e.request_parameters.as_ref().and_then(|r| r.get("roleArn")).and_then(|v| v.as_str())
+        {
+            add(arn);
+        }
+        if let Some(arn) = e.arn.as_deref().filter(|a| a.contains(":assumed-role/")) {
+            add(arn);
+        }
+    }
+    (local.into_iter().collect(), foreign.into_iter().collect())
+}
+
+/// A report line for a role that was deliberately not revoked.
+pub fn not_revoked(name: &str, at: SystemTime, why: String) -> RevokedSessions {
+    report("role", name, at, format!("not revoked: {why}"))
 }
 
 use crate::aws::error_text as describe;
@@ -151,6 +189,37 @@ mod tests {
             revoke_policy(whole)["Statement"][0]["Condition"]["DateLessThan"]["aws:TokenIssueTime"],
             "2024-05-02T12:34:56Z"
         );
+    }
+
+    #[test]
+    fn foreign_roles_are_never_mapped_to_local_ones() {
+        use crate::incident::model::TimelineEvent;
+        let assume = |arn: &str| TimelineEvent {
+            event_name: "AssumeRole".into(),
+            request_parameters: Some(json!({"roleArn": arn})),
+            ..TimelineEvent::default()
+        };
+        let timeline = vec![
+            assume("arn:aws:iam::111111111111:role/deploy"),
+            assume("arn:aws:iam::999999999999:role/deploy"),
+            TimelineEvent {
+                arn: Some("arn:aws:sts::999999999999:assumed-role/admin/x".into()),
+                ..TimelineEvent::default()
+            },
+            TimelineEvent {
+                arn: Some("arn:aws:sts::111111111111:assumed-role/ops/y".into()),
+                ..TimelineEvent::default()
+            },
+        ];
+        let (local, foreign) = roles_used(&timeline, Some("111111111111"));
+        assert_eq!(local, ["deploy", "ops"]);
+        assert_eq!(
+            foreign,
+            ["arn:aws:iam::999999999999:role/deploy", "arn:aws:sts::999999999999:assumed-role/admin/x"]
+        );
+        let (local, foreign) = roles_used(&timeline, None);
+        assert_eq!(local, ["admin", "deploy", "ops"]);
+        assert!(foreign.is_empty());
     }
 
     #[test]

@@ -128,6 +128,8 @@ impl Bed {
             verify_regions: Vec::new(),
             defer_deactivation: false,
             mark_deactivated: false,
+            keep_keys: false,
+            free_slot: None,
             own_key: false,
             retire,
         };

@@ -52,6 +52,11 @@ pub struct Settings {
     /// Before deactivating, look for uses of the old key by consumers rekey did not move, and hold
     /// it Active when there are (outcome `held`); see [`evidence`].
     pub retire: Retire,
+    /// Delete no access key to make room (incident mode: an Inactive second key may be evidence).
+    /// A user without a free slot is then refused, unless its other key is `free_slot`.
+    pub keep_keys: bool,
+    /// The Inactive key the operator, having looked at it, lets rekey delete (`--free-slot`).
+    pub free_slot: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -434,10 +439,25 @@ async fn preflight(fx: &Effects<'_>, s: &Settings) -> Result<Plan, Refusal> {
         },
     };
     let mut free_slot = None;
-    if let Some(other) = keys.iter().find(|k| k.id != old.id) {
+    let other = keys.iter().find(|k| k.id != old.id);
+    if let Some(named) = &s.free_slot
+        && other.is_none_or(|o| &o.id != named)
+    {
+        return Err(Refusal(format!(
+            "--free-slot {named} is not {user}'s other access key (its keys: {}); name the Inactive key that blocks the slot, or drop --free-slot",
+            list_or_none(&existing_keys)
+        )));
+    }
+    if let Some(other) = other {
         if other.status == KeyStatus::Active {
             return Err(Refusal(format!(
                 "{user} also has the Active key {} and IAM allows 2 keys per user, so no new key fits; retire {} first",
+                other.id, other.id
+            )));
+        }
+        if s.keep_keys && s.free_slot.as_deref() != Some(other.id.as_str()) {
+            return Err(Refusal(format!(
+                "{user} has no free key slot: its other key {} is Inactive and may be evidence, so it is not deleted; look at it (its metadata is in the report), then run again with --free-slot {} to let rekey delete it",
                 other.id, other.id
             )));
         }

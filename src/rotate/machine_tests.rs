@@ -48,6 +48,8 @@ impl Bed {
             verify_regions: Vec::new(),
             defer_deactivation: false,
             mark_deactivated: false,
+            keep_keys: false,
+            free_slot: None,
             own_key: false,
             retire: Default::default(),
         }
@@ -226,6 +228,35 @@ async fn an_inactive_second_key_is_deleted_to_free_the_slot() {
     assert_eq!(report.outcome, "rotated");
     assert!(report.warnings.iter().any(|w| w.contains("AKIASTALE00000000002")));
     assert_eq!(bed.world.calls()[0], "delete_key AKIASTALE00000000002");
+}
+
+#[tokio::test]
+async fn keeping_keys_refuses_a_full_user_until_the_operator_names_the_key_to_free() {
+    const STALE: &str = "AKIASTALE00000000002";
+    let bed = Bed::new(&["env:/a"]);
+    bed.world.with_user(USER, &[(OLD, Active), (STALE, Inactive)]);
+    let keep = Settings { keep_keys: true, ..bed.settings() };
+    let err = bed.run_with(&keep).await.unwrap_err();
+    assert!(err.0.contains(&format!("--free-slot {STALE}")) && !err.0.contains('\n'), "{err}");
+    let wrong = Settings { free_slot: Some("AKIAWRONG0000000000X".into()), ..keep.clone() };
+    assert!(bed.run_with(&wrong).await.unwrap_err().0.contains("is not app-integration-user's other access key"));
+    assert!(bed.world.calls().is_empty(), "nothing changed: {:?}", bed.world.calls());
+
+    let freed = Settings { free_slot: Some(STALE.into()), ..keep };
+    let report = bed.run_with(&freed).await.unwrap();
+    assert_eq!(report.outcome, "rotated");
+    assert_eq!(bed.world.calls()[0], format!("delete_key {STALE}"));
+    // The leaked key itself is deactivated, never deleted.
+    assert!(bed.world.keys_of(USER).contains(&(OLD.to_string(), Inactive)));
+}
+
+#[tokio::test]
+async fn keeping_keys_with_a_free_slot_deletes_nothing() {
+    let bed = Bed::new(&["env:/a"]);
+    let report = bed.run_with(&Settings { keep_keys: true, ..bed.settings() }).await.unwrap();
+    assert_eq!(report.outcome, "rotated");
+    assert!(!bed.world.calls().iter().any(|c| c.starts_with("delete_key")), "{:?}", bed.world.calls());
+    bed.assert_rotated();
 }
 
 #[tokio::test]

@@ -78,6 +78,14 @@ impl Drop for App {
 /// service's first deployment has "started" (runningCount == desiredCount > 0) and panics if
 /// it never does: moto needs `MotoOptions { ecs_service_running: Some(desired) }` for that.
 pub async fn start(moto: &Moto, source: CredentialSource) -> App {
+    start_from(moto, source, None).await
+}
+
+/// [`start`], with every AWS call the app makes sent as if from `source_ip` (an
+/// `X-Forwarded-For` header, which launcher patch 5 turns into `aws:SourceIp`), so that an IP
+/// fence sees the app where its history says it runs. Such an app also answers `GET /iam`: an
+/// IAM `GetUser` call, which a fence can deny (`GetCallerIdentity` never is denied, in AWS too).
+pub async fn start_from(moto: &Moto, source: CredentialSource, source_ip: Option<&str>) -> App {
     let listener =
         TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("app: cannot bind 127.0.0.1:0: {e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("app: no local address: {e}"));
@@ -107,6 +115,7 @@ pub async fn start(moto: &Moto, source: CredentialSource) -> App {
     let state = Arc::new(State {
         endpoint,
         resolver,
+        source_ip: source_ip.map(str::to_string),
         sts: Mutex::new(None),
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -128,6 +137,7 @@ pub async fn start(moto: &Moto, source: CredentialSource) -> App {
 struct State {
     endpoint: String,
     resolver: Resolver,
+    source_ip: Option<String>,
     // One client per key: building a client per request would open a connection per request.
     sts: Mutex<Option<(Creds, aws_sdk_sts::Client)>>,
     ok: AtomicU64,
@@ -192,7 +202,7 @@ impl State {
         client
     }
 
-    async fn handle(&self) -> (u16, String) {
+    async fn handle(&self, iam_call: bool) -> (u16, String) {
         let creds = match self.resolver.creds().await {
             Ok(creds) => creds,
             Err(e) => return (502, format!("credentials unavailable: {e}\n")),
@@ -200,7 +210,31 @@ impl State {
         if let Ok(mut last) = self.last_key_id.lock() {
             *last = Some(creds.access_key_id.clone());
         }
-        match self.sts_for(&creds).get_caller_identity().send().await {
+        let from = self.source_ip.clone();
+        if iam_call {
+            let iam = aws_sdk_iam::Client::new(&sdk_config_at(&self.endpoint, &creds));
+            let call = iam.get_user().customize().mutate_request(move |r| {
+                if let Some(ip) = &from {
+                    r.headers_mut().insert("X-Forwarded-For", ip.clone());
+                }
+            });
+            return match call.send().await {
+                Ok(out) => (200, format!("{}\n", out.user().map(|u| u.arn()).unwrap_or("(no user)"))),
+                Err(e) => (502, format!("GetUser with {} failed: {}\n", creds.access_key_id, DisplayErrorContext(&e))),
+            };
+        }
+        match self
+            .sts_for(&creds)
+            .get_caller_identity()
+            .customize()
+            .mutate_request(move |r| {
+                if let Some(ip) = &from {
+                    r.headers_mut().insert("X-Forwarded-For", ip.clone());
+                }
+            })
+            .send()
+            .await
+        {
             Ok(out) => (200, format!("{}\n", out.arn().unwrap_or("(no arn)"))),
             Err(e) => {
                 (502, format!("GetCallerIdentity with {} failed: {}\n", creds.access_key_id, DisplayErrorContext(&e)))
@@ -219,8 +253,8 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>) {
             return;
         };
         let (status, body) = match (request.method.as_str(), request.path.as_str()) {
-            ("GET" | "HEAD", "/" | "/health") => {
-                let (status, body) = state.handle().await;
+            ("GET" | "HEAD", path @ ("/" | "/health" | "/iam")) if path != "/iam" || state.source_ip.is_some() => {
+                let (status, body) = state.handle(path == "/iam").await;
                 let counter = if status == 200 { &state.ok } else { &state.failed };
                 counter.fetch_add(1, Ordering::Relaxed);
                 (status, body)

@@ -245,6 +245,27 @@ impl Moto {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("moto control call GET {url}: not JSON ({e}): {text}"))
     }
 
+    /// Seeds the CloudTrail event history that `LookupEvents` serves (launcher patch 11): `spec` is
+    /// `{"series": [...], "events": [...], "rate": N, "reset": bool}`. Returns the events now held.
+    pub async fn seed_history(&self, spec: &serde_json::Value) -> u64 {
+        let url = format!("{}/moto-api/rekey/history", self.endpoint);
+        let text = reqwest::Client::new()
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .body(spec.to_string())
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("moto control call POST {url} failed: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("moto control call POST {url}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {url}: not JSON ({e}): {text}"));
+        v["events"].as_u64().unwrap_or_else(|| panic!("POST {url}: no event count in {text}"))
+    }
+
     async fn post(&self, path: &str, body: &'static str) {
         // A client per call: pooled connections are bound to the runtime that opened them,
         // and one Moto may be shared by tests that each run their own runtime.
