@@ -92,7 +92,8 @@ async fn list_roles(iam: &aws_sdk_iam::Client) -> Result<(), String> {
 #[derive(Default)]
 struct AttackLog {
     calls: Vec<(Instant, Result<(), String>)>,
-    created: Vec<String>,
+    /// Each user, with when its CreateUser was sent.
+    created: Vec<(String, Instant)>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,6 +195,7 @@ async fn a_busy_key_is_fenced_in_seconds_while_the_attacker_keeps_acting() {
                 log.lock().unwrap().calls.push((Instant::now(), outcome));
                 if n.is_multiple_of(8) {
                     let name = format!("evil-{n}");
+                    let sent = Instant::now();
                     let created = iam
                         .create_user()
                         .user_name(&name)
@@ -204,7 +206,7 @@ async fn a_busy_key_is_fenced_in_seconds_while_the_attacker_keeps_acting() {
                         .send()
                         .await;
                     if created.is_ok() {
-                        log.lock().unwrap().created.push(name);
+                        log.lock().unwrap().created.push((name, sent));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -277,6 +279,8 @@ async fn a_busy_key_is_fenced_in_seconds_while_the_attacker_keeps_acting() {
     assert!(timings["cutover_done_s"].as_f64().is_some(), "{timings}");
     assert!(timings["investigation_done_s"].as_f64().is_some(), "{timings}");
     assert!(out.stdout.contains("fence applied"), "the text summary prints the timings:\n{}", out.stdout);
+    let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
+    assert!(md.contains("**Timings**") && md.contains("fence applied"), "report.md gives the timings");
     assert_eq!(report["fence"]["status"], "removed", "{}", report["fence"]);
     let allowed = report["fence"]["allowed"].to_string();
     assert!(allowed.contains(APP_IP) && !allowed.contains(ATTACKER_IP), "{allowed}");
@@ -310,13 +314,19 @@ async fn a_busy_key_is_fenced_in_seconds_while_the_attacker_keeps_acting() {
     let revoked = report["sessions_revoked"].to_string();
     assert!(revoked.contains("999999999999") && revoked.contains("another account"), "{revoked}");
 
-    // Everything the attacker created during the run is reported and planned (issue 9 item 3).
+    // Everything the attacker created is reported; what it created during the run is planned too
+    // (issue 9 item 3). A user made in the seconds before rekey started has no CloudTrail event yet
+    // and is listed for review ("created in the window"), not planned: see tests/incident_live.rs
+    // for users made during the run, which this fast fence leaves the attacker little time for.
     let findings = report["findings"].to_string();
     let plan = std::fs::read_to_string(report_dir.join("plan.json")).unwrap();
     assert!(!log.created.is_empty(), "the attacker created users before the fence");
-    for user in &log.created {
+    for (user, at) in &log.created {
         assert!(findings.contains(user.as_str()), "{user} is not in the findings");
-        assert!(plan.contains(user.as_str()), "{user} is not in plan.json");
+        // Sent once rekey's own clock had surely started (process start-up is well under 0.5 s).
+        if *at > started + Duration::from_millis(500) {
+            assert!(plan.contains(user.as_str()), "{user}, created during the run, is not in plan.json");
+        }
     }
     moto.set_auth(false).await;
     println!("test wall time {:?}", test_started.elapsed());

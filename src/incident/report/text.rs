@@ -140,6 +140,19 @@ pub fn markdown(r: &Report, plan: &Plan, plan_path: &Path) -> String {
         }
         o.push('\n');
     }
+    // Time to containment is the figure responders are asked for first.
+    let t = &r.timings;
+    let milestones: Vec<String> = [
+        ("fence applied", t.fence_applied_s),
+        ("cutover done", t.cutover_done_s),
+        ("investigation done", t.investigation_done_s),
+    ]
+    .iter()
+    .filter_map(|(what, at)| at.map(|s| format!("{what} {s:.1} s")))
+    .collect();
+    if !milestones.is_empty() {
+        let _ = writeln!(o, "**Timings** (from the start of `rekey incident`): {}.\n", milestones.join(", "));
+    }
     match &r.fence {
         Some(f) => {
             let _ = write!(o, "**Fence:** {}", code(&f.status));
