@@ -501,7 +501,10 @@ async fn a_gzip_bomb_is_named_and_skipped_and_re_reads_are_counted() {
     out.assert_code(0);
     let summary = &out.json()["summary"];
     assert_eq!(summary["files_too_large"], 1, "{summary}");
-    assert_eq!(summary["files_reread"], rereads, "{summary}");
+    // Which files are read before a key is learnt depends on how the two workers interleave, so
+    // each run is held to the bound, not to the other run's count.
+    let json_rereads = summary["files_reread"].as_u64().expect("files_reread");
+    assert!((1..=4).contains(&json_rereads), "{summary} (the text run re-read {rereads})");
     let skipped: Vec<&str> =
         summary["files_skipped"].as_array().unwrap().iter().map(|f| f["file"].as_str().unwrap()).collect();
     assert!(skipped.iter().any(|f| f.ends_with("bombbombbombbomb.json.gz")), "{summary}");

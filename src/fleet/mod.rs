@@ -475,6 +475,8 @@ pub struct Counts {
     pub not_due: usize,
     pub deferred_done: usize,
     pub deferred_failed: usize,
+    /// Deferred steps left undone because something still used the old key.
+    pub deferred_held: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -498,10 +500,10 @@ impl Summary {
                 _ => c.failed += 1,
             }
             for d in &r.deferred {
-                if d.status == "ok" {
-                    c.deferred_done += 1;
-                } else {
-                    c.deferred_failed += 1;
+                match d.status {
+                    "ok" => c.deferred_done += 1,
+                    "held" => c.deferred_held += 1,
+                    _ => c.deferred_failed += 1,
                 }
             }
         }
@@ -510,6 +512,9 @@ impl Summary {
             crate::exit::Status::Failed
         } else if c.rolled_back > 0 {
             crate::exit::Status::RolledBack
+        } else if c.deferred_held > 0 {
+            // As `rotate` and `retire`: a key kept Active on evidence is the operator's next move.
+            crate::exit::Status::Held
         } else {
             crate::exit::Status::Ok
         };
@@ -835,12 +840,25 @@ pub fn print_summary(s: &Summary, json: bool) {
         }
         let c = &s.counts;
         println!(
-            "{} rotated, {} rolled back, {} failed, {} refused, {} skipped, {} not due; deferred steps: {} done, {} failed",
-            c.rotated, c.rolled_back, c.failed, c.refused, c.skipped, c.not_due, c.deferred_done, c.deferred_failed
+            "{} rotated, {} rolled back, {} failed, {} refused, {} skipped, {} not due; deferred steps: {} done, {} held, {} failed",
+            c.rotated,
+            c.rolled_back,
+            c.failed,
+            c.refused,
+            c.skipped,
+            c.not_due,
+            c.deferred_done,
+            c.deferred_held,
+            c.deferred_failed
         );
     }
     for r in s.results.iter().filter(|r| matches!(r.outcome, "rolled_back" | "failed" | "refused")) {
         eprintln!("rekey: {} {}: {}", r.outcome, r.user, r.error.as_deref().unwrap_or(&r.reason));
+    }
+    for r in &s.results {
+        for d in r.deferred.iter().filter(|d| d.status == "held") {
+            eprintln!("rekey: held {} {}: {}", r.user, d.key_id, d.error.as_deref().unwrap_or("still in use"));
+        }
     }
 }
 
@@ -849,6 +867,22 @@ mod tests {
     use super::*;
 
     const DAY: Duration = Duration::from_secs(86400);
+
+    #[test]
+    fn a_held_deferred_step_is_counted_apart_and_exits_held_unless_something_failed() {
+        let mut held = UserResult::new("1", "app", "not_due", "fresh".into());
+        held.deferred.push(DeferredDone {
+            key_id: "AKIAOLD".into(),
+            action: "deactivated",
+            status: "held",
+            error: Some("AKIAOLD is still used".into()),
+        });
+        let s = Summary::new(vec![held.clone()]);
+        assert_eq!((s.counts.deferred_held, s.counts.deferred_failed), (1, 0));
+        assert_eq!(s.exit_code, crate::exit::Status::Held);
+        let failed = UserResult::new("1", "other", "failed", "boom".into());
+        assert_eq!(Summary::new(vec![held, failed]).exit_code, crate::exit::Status::Failed);
+    }
 
     fn keys(list: &[(&str, KeyStatus, u64)], tags: &[(&str, &str)], now: SystemTime) -> Keys {
         Keys {
