@@ -9,6 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -48,13 +49,21 @@ fn sync_dir(d: &Path) -> Result<(), String> {
 /// Records that a fence is about to go on `user`; call before `PutUserPolicy`.
 pub fn begin(state_dir: &Path, entry: Entry) -> Result<Pending, String> {
     let d = dir(state_dir);
-    fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    // Private like the rotation journals beside it (it names the user and the addresses the
+    // application calls from), and never written through a link someone else planted.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&d)
+        .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     let path = d.join(file_name(&entry.user));
     let text = serde_json::to_string(&entry).expect("a fence entry serializes");
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     f.write_all(text.as_bytes())
@@ -126,10 +135,30 @@ mod tests {
             started_at: "2026-01-01T00:00:00Z".into(),
         };
         let p = begin(d.path(), entry.clone()).unwrap();
+        let mode = |path: &Path| std::os::unix::fs::PermissionsExt::mode(&fs::metadata(path).unwrap().permissions());
+        assert_eq!(mode(&p.path) & 0o777, 0o600, "the entry is private");
+        assert_eq!(mode(p.path.parent().unwrap()) & 0o777, 0o700);
         // A new process sees it.
         assert_eq!(pending(d.path(), "app").unwrap().entry, entry);
         assert!(pending(d.path(), "other").is_none());
         p.finish().unwrap();
         assert!(pending(d.path(), "app").is_none());
+    }
+
+    #[test]
+    fn an_entry_is_never_written_through_a_planted_link() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, "untouched").unwrap();
+        fs::create_dir_all(dir(d.path())).unwrap();
+        std::os::unix::fs::symlink(&victim, dir(d.path()).join(file_name("app"))).unwrap();
+        let entry = Entry {
+            user: "app".into(),
+            access_key_id: "AKIAEXAMPLEKEY000001".into(),
+            policy_name: "rekey-incident-fence".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+        };
+        assert!(begin(d.path(), entry).is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
     }
 }
