@@ -190,7 +190,8 @@ fn range_in(outer: &[u8], inner: &str) -> Option<Range<usize>> {
 
 /// Pre-filter the text, and parse only the records that may hold a wanted key or event name.
 fn scan_text(text: &[u8], wanted: &Wanted, follow: bool, first: bool, known: &Known) -> Result<Scanned, String> {
-    let records = RECORD_MARK.find_iter(text).count() as u64;
+    // Records are counted once, on a file's first read.
+    let records = if first { RECORD_MARK.find_iter(text).count() as u64 } else { 0 };
     let mut scanned = Scanned { records, malformed: 0, key_ids: None, found: Vec::new(), also: Vec::new() };
     let candidate = if follow && first {
         // The key fields are read anyway to note the file's key ids; checking them against the
@@ -573,42 +574,74 @@ pub fn scan_with_progress(
     Ok(summary)
 }
 
+/// Fetch one unit's file, within the per-file limit and the budget for fetched bytes.
+fn fetch_unit(ctx: &Ctx, unit: &Unit) -> Result<(Vec<u8>, Lease), Problem> {
+    let (s, item) = &ctx.items[unit.index];
+    let limit = ctx.query.max_file_bytes;
+    // A listed size over the limit is not even downloaded.
+    if item.size.is_some_and(|size| size > limit) {
+        return Err(Problem::TooLarge);
+    }
+    let mut lease = ctx.fetched.take(item.size.unwrap_or(0));
+    match ctx.sources[*s].fetch(item) {
+        Ok(bytes) if bytes.len() as u64 > limit => Err(Problem::TooLarge),
+        Ok(bytes) => {
+            lease.set(bytes.len() as u64);
+            Ok((bytes, lease))
+        }
+        Err(e) => Err(Problem::Unreadable(e.problem)),
+    }
+}
+
 /// Fetch and scan `units` with bounded memory, handing each file's result to `collect` on this thread.
 fn run_pass(ctx: &Ctx, units: Vec<Unit>, mut collect: impl FnMut(FileResult)) {
     let workers = ctx.query.workers.max(1);
+    let next = AtomicUsize::new(0);
+    let units: Vec<Mutex<Option<Unit>>> = units.into_iter().map(|u| Mutex::new(Some(u))).collect();
+    let take_unit = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let slot = units.get(i)?;
+        if let Some(unit) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            return Some(unit);
+        }
+    };
+    let (result_tx, result_rx) = sync_channel::<FileResult>(workers * 2);
+
+    // Local files: each worker reads its own, with no fetcher thread to hand them over.
+    if ctx.sources.iter().all(|s| s.fetch_inline()) {
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let result_tx = result_tx.clone();
+                let take_unit = &take_unit;
+                let mut inflater = Inflater::new(ctx.large.clone(), retain_per_worker(workers));
+                scope.spawn(move || {
+                    while let Some(unit) = take_unit() {
+                        let data = fetch_unit(ctx, &unit);
+                        if result_tx.send(read_file(ctx, unit, data, &mut inflater)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(result_tx);
+            for result in result_rx {
+                collect(result);
+            }
+        });
+        return;
+    }
+
     let fetchers = ctx.sources.iter().map(|s| s.fetch_parallelism()).max().unwrap_or(1).max(1);
     // Files fetched and not yet scanned: bounded in number here, and in bytes by `ctx.fetched`.
     let (work_tx, work_rx) = sync_channel::<(Unit, Result<(Vec<u8>, Lease), Problem>)>(workers * 2);
     let work_rx = Arc::new(Mutex::new(work_rx));
-    let (result_tx, result_rx) = sync_channel::<FileResult>(workers * 2);
-    let next = AtomicUsize::new(0);
-    let units: Vec<Mutex<Option<Unit>>> = units.into_iter().map(|u| Mutex::new(Some(u))).collect();
-
     std::thread::scope(|scope| {
         for _ in 0..fetchers {
             let work_tx = work_tx.clone();
-            let (units, next) = (&units, &next);
+            let take_unit = &take_unit;
             scope.spawn(move || {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(slot) = units.get(i) else { break };
-                    let Some(unit) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() else { continue };
-                    let (s, item) = &ctx.items[unit.index];
-                    let limit = ctx.query.max_file_bytes;
-                    // A listed size over the limit is not even downloaded.
-                    let data = if item.size.is_some_and(|size| size > limit) {
-                        Err(Problem::TooLarge)
-                    } else {
-                        let mut lease = ctx.fetched.take(item.size.unwrap_or(0));
-                        match ctx.sources[*s].fetch(item) {
-                            Ok(bytes) if bytes.len() as u64 > limit => Err(Problem::TooLarge),
-                            Ok(bytes) => {
-                                lease.set(bytes.len() as u64);
-                                Ok((bytes, lease))
-                            }
-                            Err(e) => Err(Problem::Unreadable(e.problem)),
-                        }
-                    };
+                while let Some(unit) = take_unit() {
+                    let data = fetch_unit(ctx, &unit);
                     if work_tx.send((unit, data)).is_err() {
                         break;
                     }
