@@ -1,23 +1,61 @@
-//! A status line for long waits: redrawn in place when stderr is a terminal, otherwise a log line
-//! at most every 15 s so that CI logs show the wait without drowning in it.
+//! A status line for long waits (a key's propagation, an ECS rollout, a grace period): a spinner
+//! with the elapsed time when stderr is a terminal, drawn by indicatif as `rekey trace`'s progress
+//! is; otherwise a log line at most every 15 s, so that CI logs show the wait without drowning in it.
+//!
+//! Every status line of the process hangs off one [`MultiProgress`], and log lines are written
+//! through [`AboveStatusLines`], which lifts the status lines while a log line goes out: a warning
+//! in the middle of a wait then reads as a line of its own, not glued to the spinner.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// The process's status lines. indicatif draws nothing when stderr is not a terminal.
+static STATUS_LINES: LazyLock<MultiProgress> =
+    LazyLock::new(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)));
+
+/// Show `bar` on stderr with the process's other status lines, below the log.
+pub fn status_line(bar: ProgressBar) -> ProgressBar {
+    STATUS_LINES.add(bar)
+}
+
+/// Take `bar` off the terminal for good.
+pub fn end_status_line(bar: &ProgressBar) {
+    bar.finish_and_clear();
+    STATUS_LINES.remove(bar);
+}
+
+/// stderr for the log: each write lifts the status lines, writes, and redraws them.
+pub struct AboveStatusLines;
+
+impl Write for AboveStatusLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        STATUS_LINES.suspend(|| std::io::stderr().lock().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 pub struct Progress {
     terminal: bool,
     enabled: bool,
+    /// The spinner of the wait in progress, on a terminal.
+    line: Mutex<Option<ProgressBar>>,
     last_log: Mutex<Option<Instant>>,
 }
 
 impl Progress {
     pub fn new(terminal: bool) -> Self {
-        Progress { terminal, enabled: true, last_log: Mutex::new(None) }
+        Progress { terminal, enabled: true, line: Mutex::new(None), last_log: Mutex::new(None) }
     }
 
     pub fn off() -> Self {
-        Progress { terminal: false, enabled: false, last_log: Mutex::new(None) }
+        Progress { terminal: false, enabled: false, line: Mutex::new(None), last_log: Mutex::new(None) }
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -29,9 +67,18 @@ impl Progress {
             return;
         }
         if self.terminal {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K  {line}");
-            let _ = err.flush();
+            let mut current = self.line.lock().unwrap_or_else(|p| p.into_inner());
+            let bar = current.get_or_insert_with(|| {
+                let bar = status_line(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("  {spinner} {msg} ({elapsed})")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                // Turning between updates shows the wait is alive when a check takes seconds.
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar
+            });
+            bar.set_message(line.to_string());
             return;
         }
         let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
@@ -43,9 +90,16 @@ impl Progress {
 
     /// End the status line so that the next output starts on a clean line.
     pub fn done(&self) {
-        if self.enabled && self.terminal {
-            let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+        if let Some(bar) = self.line.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            end_status_line(&bar);
         }
         *self.last_log.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl Drop for Progress {
+    // A wait cut short by an error still leaves the terminal on a clean line for its message.
+    fn drop(&mut self) {
+        self.done();
     }
 }

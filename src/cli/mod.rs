@@ -45,7 +45,7 @@ fn init_logging(verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::progress::AboveStatusLines)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();

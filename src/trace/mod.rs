@@ -7,7 +7,7 @@ pub mod sources;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant, SystemTime};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use rekey_trail::{DerivedKey, Match, Progress, Query, Source, Summary};
 
 use crate::exit::Status;
@@ -274,9 +274,7 @@ struct Live {
 
 impl Live {
     fn new() -> Live {
-        let bar = std::io::stderr()
-            .is_terminal()
-            .then(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8)));
+        let bar = std::io::stderr().is_terminal().then(|| crate::progress::status_line(ProgressBar::no_length()));
         Live { bar, last: None }
     }
 
@@ -308,7 +306,7 @@ impl Live {
 
     fn finish(&self) {
         if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
+            crate::progress::end_status_line(bar);
         }
     }
 }
