@@ -25,6 +25,7 @@ pub mod envfile;
 pub mod error;
 pub mod exec;
 mod file;
+mod json_key;
 mod keyfile;
 pub mod lambda;
 pub mod profile;

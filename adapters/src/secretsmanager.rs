@@ -18,10 +18,10 @@ use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::error::SdkFailure;
+use crate::json_key::KeyObject;
 use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError, TargetSpec};
 
 const CURRENT: &str = "AWSCURRENT";
@@ -86,11 +86,7 @@ impl Labels {
 /// The AWSCURRENT value, parsed, with the fields this target rewrites.
 struct Current {
     version: String,
-    pretty: bool,
-    object: Map<String, Value>,
-    id_field: String,
-    secret_field: String,
-    key_id: Option<String>,
+    value: KeyObject,
 }
 
 /// The version id for a new key: 32 to 64 characters, as `ClientRequestToken` requires.
@@ -162,44 +158,10 @@ impl SecretsManagerTarget {
             ))));
         };
         let text = Zeroizing::new(text.to_string());
-        // serde_json's messages quote no input, so the error cannot carry the secret.
-        let object = match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Object(o)) => o,
-            Ok(_) | Err(_) => {
-                return Err(self.err(ErrorKind::Unusable(format!(
-                    "secret {} is not a JSON object; store the key as {{\"{}\": \"AKIA...\", \"{}\": \"...\"}}",
-                    self.secret_id, self.id_fields[0], self.secret_fields[0]
-                ))));
-            }
-        };
-        let id_field = self.field(&object, &self.id_fields, "key id", "id-field")?;
-        let secret_field = self.field(&object, &self.secret_fields, "secret key", "secret-field")?;
-        let key_id = object.get(&id_field).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
-        Ok(Current { version, pretty: text.contains('\n'), object, id_field, secret_field, key_id })
-    }
-
-    /// The first of `names` present in the secret, holding a string.
-    fn field(
-        &self,
-        object: &Map<String, Value>,
-        names: &[String],
-        what: &str,
-        option: &str,
-    ) -> Result<String, TargetError> {
-        let Some(name) = names.iter().find(|n| object.contains_key(n.as_str())) else {
-            return Err(self.err(ErrorKind::Unusable(format!(
-                "secret {} has no {what} field (looked for {}); add it, or name the field with ?{option}=NAME",
-                self.secret_id,
-                names.join(", ")
-            ))));
-        };
-        if !object.get(name).is_some_and(Value::is_string) {
-            return Err(self.err(ErrorKind::Unusable(format!(
-                "field {name} of secret {} is not a string; store the {what} as a JSON string",
-                self.secret_id
-            ))));
-        }
-        Ok(name.clone())
+        let place = format!("secret {}", self.secret_id);
+        let value =
+            KeyObject::parse(&text, &place, &self.id_fields, &self.secret_fields, "").map_err(|k| self.err(k))?;
+        Ok(Current { version, value })
     }
 
     /// AWSPENDING on a version other than AWSCURRENT means a rotation (rekey's or a Lambda's) is
@@ -246,20 +208,15 @@ impl SecretsManagerTarget {
                 snap.current_version
             ))));
         }
-        let mut current = self.read_current().await?;
+        let current = self.read_current().await?;
         if current.version != snap.current_version {
             return Err(self.err(ErrorKind::Unusable(format!(
                 "secret {} changed since its snapshot; start the rotation again",
                 self.secret_id
             ))));
         }
-        current.object.insert(snap.id_field.clone(), Value::String(key.access_key_id.clone()));
-        current.object.insert(snap.secret_field.clone(), Value::String(key.secret().to_string()));
-        let value = Value::Object(std::mem::take(&mut current.object));
-        let text = if current.pretty { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) };
-        let text = Zeroizing::new(
-            text.map_err(|e| self.err(ErrorKind::Backend(format!("cannot encode the new secret value: {e}"))))?,
-        );
+        let pretty = current.value.pretty;
+        let text = current.value.with_key(&snap.id_field, &snap.secret_field, key, pretty).map_err(|k| self.err(k))?;
         tracing::debug!(target = %self.name, version = %ours, "staging new version as AWSPENDING");
         self.client
             .put_secret_value()
@@ -300,13 +257,13 @@ impl Target for SecretsManagerTarget {
             return Err(self.err(ErrorKind::Unusable(problem)));
         }
         let mut pf = Preflight {
-            current_key_id: current.key_id.clone(),
+            current_key_id: current.value.key_id.clone(),
             store_arn: Some(labels.arn.clone()),
             ..Preflight::default()
         };
         pf.changes.push(format!(
             "put a new version of secret {} with {} and {} replaced, labelled AWSPENDING",
-            labels.arn, current.id_field, current.secret_field
+            labels.arn, current.value.id_field, current.value.secret_field
         ));
         pf.changes.push(format!(
             "move AWSCURRENT of secret {} to it (version {} becomes AWSPREVIOUS)",
@@ -318,8 +275,8 @@ impl Target for SecretsManagerTarget {
                 labels.arn
             ));
         }
-        if current.key_id.is_none() {
-            pf.warnings.push(format!("field {} of secret {} is empty", current.id_field, labels.arn));
+        if current.value.key_id.is_none() {
+            pf.warnings.push(format!("field {} of secret {} is empty", current.value.id_field, labels.arn));
         }
         Ok(pf)
     }
@@ -336,9 +293,9 @@ impl Target for SecretsManagerTarget {
             pending_version: labels.holder(PENDING).map(str::to_string),
             current_version: current.version,
             token_prefix: TOKEN_PREFIX.to_string(),
-            id_field: current.id_field,
-            secret_field: current.secret_field,
-            old_key_id: current.key_id,
+            id_field: current.value.id_field,
+            secret_field: current.value.secret_field,
+            old_key_id: current.value.key_id,
         }))
     }
 
@@ -373,7 +330,7 @@ impl Target for SecretsManagerTarget {
     }
 
     async fn current_key_id(&self) -> Result<Option<String>, TargetError> {
-        Ok(self.read_current().await?.key_id)
+        Ok(self.read_current().await?.value.key_id)
     }
 
     async fn rollback(&self, snapshot: &Snapshot) -> Result<(), TargetError> {

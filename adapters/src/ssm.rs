@@ -26,10 +26,10 @@ use aws_sdk_ssm::Client;
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::{ParameterTier, ParameterType};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::error::SdkFailure;
+use crate::json_key::KeyObject;
 use crate::{ErrorKind, NewKey, Options, Preflight, Snapshot, Target, TargetError, TargetSpec};
 
 /// Prefix of the labels rekey puts on the versions it writes; the rest is the new access key id.
@@ -93,15 +93,6 @@ struct VersionMeta {
     tier: Option<ParameterTier>,
     data_type: Option<String>,
     labels: Vec<String>,
-}
-
-/// The JSON parameter, parsed, with the fields this target rewrites.
-struct JsonValue {
-    object: Map<String, Value>,
-    pretty: bool,
-    id_field: String,
-    secret_field: String,
-    key_id: Option<String>,
 }
 
 /// What the parameter(s) hold now, for preflight, snapshot and `current_key_id`.
@@ -229,43 +220,11 @@ impl SsmTarget {
         }
     }
 
-    /// The first of `names` present in the object, holding a string.
-    fn field(
-        &self,
-        object: &Map<String, Value>,
-        names: &[String],
-        what: &str,
-        option: &str,
-    ) -> Result<String, TargetError> {
-        let Some(name) = names.iter().find(|n| object.contains_key(n.as_str())) else {
-            return Err(self.err(ErrorKind::Unusable(format!(
-                "parameter {} has no {what} field (looked for {}); add it, or name the field with ?{option}=NAME",
-                self.param,
-                names.join(", ")
-            ))));
-        };
-        if !object.get(name).is_some_and(Value::is_string) {
-            return Err(self.err(ErrorKind::Unusable(format!(
-                "field {name} of parameter {} is not a string; store the {what} as a JSON string",
-                self.param
-            ))));
-        }
-        Ok(name.clone())
-    }
-
-    fn parse(&self, text: &str) -> Result<JsonValue, TargetError> {
-        // serde_json's messages quote no input, so the error cannot carry the secret.
-        let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text) else {
-            return Err(self.err(ErrorKind::Unusable(format!(
-                "parameter {} is not a JSON object; store the key as {{\"{}\": \"AKIA...\", \"{}\": \"...\"}}, or keep \
-                 the id and the secret in two parameters and name the second with ?secret-param=NAME",
-                self.param, self.id_fields[0], self.secret_fields[0]
-            ))));
-        };
-        let id_field = self.field(&object, &self.id_fields, "key id", "id-field")?;
-        let secret_field = self.field(&object, &self.secret_fields, "secret key", "secret-field")?;
-        let key_id = object.get(&id_field).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
-        Ok(JsonValue { object, pretty: text.contains('\n'), id_field, secret_field, key_id })
+    fn parse(&self, text: &str) -> Result<KeyObject, TargetError> {
+        let place = format!("parameter {}", self.param);
+        let two_parameters =
+            ", or keep the id and the secret in two parameters and name the second with ?secret-param=NAME";
+        KeyObject::parse(text, &place, &self.id_fields, &self.secret_fields, two_parameters).map_err(|k| self.err(k))
     }
 
     async fn read_current(&self) -> Result<Current, TargetError> {
@@ -499,14 +458,8 @@ impl Target for SsmTarget {
                 let p = &snap.params[0];
                 // Built from the snapshot's version, so a retried apply computes the same value.
                 let old = self.get(&p.name, Some(p.version)).await?;
-                let mut json = self.parse(&old.value)?;
-                json.object.insert(id_field.clone(), Value::String(key.access_key_id.clone()));
-                json.object.insert(secret_field.clone(), Value::String(key.secret().to_string()));
-                let value = Value::Object(std::mem::take(&mut json.object));
-                let text = if *pretty { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) };
-                let text = Zeroizing::new(
-                    text.map_err(|e| self.err(ErrorKind::Backend(format!("cannot encode the new value: {e}"))))?,
-                );
+                let text =
+                    self.parse(&old.value)?.with_key(id_field, secret_field, key, *pretty).map_err(|k| self.err(k))?;
                 self.ensure(p, &text, &label).await
             }
             Layout::Pair => {
