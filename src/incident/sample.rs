@@ -215,8 +215,9 @@ fn signer(record: &serde_json::Value) -> Option<&str> {
 }
 
 /// Trail files of the most recent days, newest day first, until the deadline. The scan runs on a
-/// blocking thread; past the deadline it stops at the next day boundary and what it found so far
-/// is kept.
+/// blocking thread; at the deadline it is told to stop, and starts no more file: the sample returns
+/// with what was found by then, and the scan does not read on in the background beside the
+/// investigation.
 #[allow(clippy::too_many_arguments)]
 async fn trail_sample(
     trails: Option<&dyn Trails>,
@@ -275,6 +276,7 @@ async fn trail_sample(
                 let mut query = rekey_trail::Query::new(vec![key.clone()]);
                 query.since = Some(since);
                 query.until = Some(until);
+                query.stop = Some(stop.clone());
                 let _ = rekey_trail::scan(&refs, &query, &mut |m| {
                     if m.chain.len() == 1
                         && let Ok(v) = serde_json::from_str::<serde_json::Value>(&m.raw)
@@ -371,6 +373,59 @@ mod tests {
             assert_eq!(s.history_events, 2 * 6 * 50);
             assert_eq!(s.history_requests, calls.len());
         }
+    }
+
+    /// Trail files slower to read than the deadline allows: the sample returns at the deadline with
+    /// what it found, and the scan stops with it rather than read on in the background.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_trail_scan_stops_at_the_deadline() {
+        struct Slow {
+            fetched: Arc<std::sync::atomic::AtomicUsize>,
+        }
+        impl rekey_trail::Source for Slow {
+            fn describe(&self) -> String {
+                "slow".into()
+            }
+            fn list(
+                &self,
+                _: Option<SystemTime>,
+                _: Option<SystemTime>,
+            ) -> Result<Vec<rekey_trail::Item>, rekey_trail::SourceError> {
+                Ok((0..200).map(|i| rekey_trail::Item::new(format!("f{i}.json"), Some(200))).collect())
+            }
+            fn fetch(&self, item: &rekey_trail::Item) -> Result<Vec<u8>, rekey_trail::SourceError> {
+                std::thread::sleep(Duration::from_millis(25));
+                self.fetched.fetch_add(1, Ordering::SeqCst);
+                let now = humantime::format_rfc3339_seconds(SystemTime::now());
+                Ok(format!(
+                    r#"{{"Records":[{{"eventID":"{}","eventTime":"{now}","eventName":"ListBuckets","sourceIPAddress":"198.51.100.50","userIdentity":{{"accessKeyId":"{KEY}"}}}}]}}"#,
+                    item.name
+                )
+                .into_bytes())
+            }
+        }
+        let fetched = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let bounds = Bounds { deadline: Duration::from_millis(500), ..Bounds::default() };
+        let started = Instant::now();
+        let s = sample(Inputs {
+            key: KEY.into(),
+            start: SystemTime::now() - Duration::from_secs(86_400),
+            history: None,
+            regions: Vec::new(),
+            trails: None,
+            open_s3: &|_| Err("no S3 here".into()),
+            logs: vec![("slow".into(), Box::new(Slow { fetched: fetched.clone() }))],
+            bounds: bounds.clone(),
+        })
+        .await;
+        let at_return = fetched.load(Ordering::SeqCst);
+        assert!(started.elapsed() < bounds.deadline + Duration::from_millis(400), "{:?}", started.elapsed());
+        assert!(s.trail_events > 0 && s.trail_events < 200, "{} trail events", s.trail_events);
+        assert!(s.notes.iter().any(|n| n.contains("read before the deadline")), "{:?}", s.notes);
+        // 200 files at 25 ms would keep a scan that ignored the deadline reading for 5 s.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let later = fetched.load(Ordering::SeqCst);
+        assert!(later <= at_return + 2, "the scan read on after the deadline: {at_return} then {later} files");
     }
 
     /// A Region that throttles every request is cut by the deadline, and the others are kept.

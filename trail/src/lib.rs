@@ -19,6 +19,8 @@
 //! the files holding its records are read. For the others, the first read notes the key ids each
 //! file holds; a key learnt late sends back only the files that hold it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 pub mod athena;
@@ -59,6 +61,10 @@ pub struct Query {
     /// A file larger than this, stored or decompressed, is skipped and reported instead of read:
     /// a gzip bomb or a file of several GB must not exhaust memory.
     pub max_file_bytes: u64,
+    /// Once set, the scan starts no more file and returns what it has found ([`Summary::stopped`]):
+    /// how a caller with a deadline (the incident's bounded sample) or a Ctrl-C ends it without
+    /// leaving a thread behind that reads on for nobody.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Query {
@@ -71,7 +77,12 @@ impl Query {
             until: None,
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            stop: None,
         }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed))
     }
 }
 
@@ -131,6 +142,8 @@ pub struct Summary {
     /// Re-reads: a file is read again when it holds a key learnt after it was scanned.
     pub rescanned: u64,
     pub elapsed: Duration,
+    /// The scan ended early on [`Query::stop`]: files were left unread.
+    pub stopped: bool,
 }
 
 impl Summary {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::time::Instant;
@@ -453,7 +453,7 @@ pub fn scan_with_progress(
     // is new.
     let mut units: Vec<Unit> = (0..items.len()).map(|index| Unit { index, from: None }).collect();
     while !units.is_empty() {
-        run_pass(&ctx, units, |mut result| {
+        let whole = run_pass(&ctx, units, |mut result| {
             let name = &items[result.index].1.name;
             summary.bytes_read += result.bytes_read;
             progress.files_done += 1;
@@ -543,6 +543,10 @@ pub fn scan_with_progress(
             progress.elapsed = started.elapsed();
             on_progress(&progress);
         });
+        if !whole {
+            summary.stopped = true;
+            break;
+        }
         if !query.follow {
             break;
         }
@@ -593,12 +597,20 @@ fn fetch_unit(ctx: &Ctx, unit: &Unit) -> Result<(Vec<u8>, Lease), Problem> {
     }
 }
 
-/// Fetch and scan `units` with bounded memory, handing each file's result to `collect` on this thread.
-fn run_pass(ctx: &Ctx, units: Vec<Unit>, mut collect: impl FnMut(FileResult)) {
+/// Fetch and scan `units` with bounded memory, handing each file's result to `collect` on this
+/// thread. False when [`Query::stop`] left some of them unread.
+fn run_pass(ctx: &Ctx, units: Vec<Unit>, mut collect: impl FnMut(FileResult)) -> bool {
     let workers = ctx.query.workers.max(1);
     let next = AtomicUsize::new(0);
     let units: Vec<Mutex<Option<Unit>>> = units.into_iter().map(|u| Mutex::new(Some(u))).collect();
+    let left_unread = AtomicBool::new(false);
     let take_unit = || loop {
+        if ctx.query.stopped() {
+            if next.load(Ordering::Relaxed) < units.len() {
+                left_unread.store(true, Ordering::Relaxed);
+            }
+            return None;
+        }
         let i = next.fetch_add(1, Ordering::Relaxed);
         let slot = units.get(i)?;
         if let Some(unit) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
@@ -628,7 +640,7 @@ fn run_pass(ctx: &Ctx, units: Vec<Unit>, mut collect: impl FnMut(FileResult)) {
                 collect(result);
             }
         });
-        return;
+        return !left_unread.load(Ordering::Relaxed);
     }
 
     let fetchers = ctx.sources.iter().map(|s| s.fetch_parallelism()).max().unwrap_or(1).max(1);
@@ -669,6 +681,7 @@ fn run_pass(ctx: &Ctx, units: Vec<Unit>, mut collect: impl FnMut(FileResult)) {
             collect(result);
         }
     });
+    !left_unread.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
@@ -691,6 +704,37 @@ mod tests {
             let _ = key_ids(&text[..cut]);
         }
         assert!(key_ids(br#""accessKeyId":"AKIAONE0000000000001"#).is_empty(), "an unterminated value is not an id");
+    }
+
+    #[test]
+    fn a_stop_ends_the_scan_with_what_it_found() {
+        use crate::LocalSource;
+        let dir = tempfile::tempdir().unwrap();
+        const FILES: usize = 40;
+        for i in 0..FILES {
+            let record = format!(
+                r#"{{"Records":[{{"eventID":"e{i}","eventTime":"2024-05-01T00:00:00Z","eventName":"GetCallerIdentity","userIdentity":{{"accessKeyId":"AKIASTOPTEST00000001"}}}}]}}"#
+            );
+            std::fs::write(dir.path().join(format!("f{i:02}.json")), record).unwrap();
+        }
+        let source = LocalSource::new(dir.path());
+        let mut query = Query::new(vec!["AKIASTOPTEST00000001".into()]);
+        query.workers = 1;
+
+        let all = scan(&[&source], &query, &mut |_| {}).unwrap();
+        assert_eq!((all.files, all.matches, all.stopped), (FILES as u64, FILES as u64, false));
+
+        // Stopped at the first match: the worker is at most a few files ahead of the caller.
+        let stop = Arc::new(AtomicBool::new(false));
+        query.stop = Some(stop.clone());
+        let some = scan(&[&source], &query, &mut |_| stop.store(true, Ordering::Relaxed)).unwrap();
+        assert!(some.stopped, "{some:?}");
+        assert!(some.files >= 1 && some.files < FILES as u64 / 2, "{some:?}");
+        assert_eq!(some.matches, some.files, "what was read is all reported");
+
+        // Stopped before it starts: nothing read.
+        let none = scan(&[&source], &query, &mut |_| {}).unwrap();
+        assert_eq!((none.files, none.matches, none.stopped), (0, 0, true));
     }
 
     #[test]
