@@ -68,17 +68,18 @@ impl Progress {
         }
         if self.terminal {
             let mut current = self.line.lock().unwrap_or_else(|p| p.into_inner());
-            let bar = current.get_or_insert_with(|| {
-                let bar = status_line(ProgressBar::new_spinner());
-                bar.set_style(
-                    ProgressStyle::with_template("  {spinner} {msg} ({elapsed})")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                );
-                // Turning between updates shows the wait is alive when a check takes seconds.
-                bar.enable_steady_tick(Duration::from_millis(120));
-                bar
-            });
-            bar.set_message(line.to_string());
+            match current.as_ref() {
+                Some(bar) => bar.set_message(line.to_string()),
+                None => {
+                    let style = ProgressStyle::with_template("  {spinner} {msg} ({elapsed})")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                    // Styled and filled in before it is shown, so that its first drawing is whole.
+                    let bar = status_line(ProgressBar::new_spinner().with_style(style).with_message(line.to_string()));
+                    // Turning between updates shows the wait is alive when a check takes seconds.
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                    *current = Some(bar);
+                }
+            }
             return;
         }
         let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());

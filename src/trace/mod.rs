@@ -268,30 +268,34 @@ fn one_line(s: &str) -> String {
 /// listing gave every size), redrawn on stderr when it is a terminal; nothing at all otherwise,
 /// so pipes and CI logs get only the summary.
 struct Live {
+    terminal: bool,
+    /// Made at the first report, which says whether the sizes are known.
     bar: Option<ProgressBar>,
     last: Option<Instant>,
 }
 
 impl Live {
     fn new() -> Live {
-        let bar = std::io::stderr().is_terminal().then(|| crate::progress::status_line(ProgressBar::no_length()));
-        Live { bar, last: None }
+        Live { terminal: std::io::stderr().is_terminal(), bar: None, last: None }
     }
 
     fn update(&mut self, p: &Progress) {
-        let Some(bar) = &self.bar else { return };
-        if self.last.is_none() {
-            // The first report says whether the sizes are known: a bar with the time left, or a spinner.
+        if !self.terminal {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            // Known sizes give a bar with the time left; unknown ones a spinner.
             let template = match p.bytes_total {
                 Some(t) if t > 0 => "{spinner} [{bar:20}] {percent:>3}% {msg}, {eta} left",
                 _ => "{spinner} {msg}",
             };
-            bar.set_style(
-                ProgressStyle::with_template(template)
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner())
-                    .progress_chars("=> "),
-            );
-        } else if self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+            let style = ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                .progress_chars("=> ");
+            // Styled and filled in before it is shown, so that its first drawing is a whole line.
+            crate::progress::status_line(ProgressBar::no_length().with_style(style).with_message(progress_line(p)))
+        });
+        if self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
             // Thousands of files a second: format the line at most ten times a second.
             return;
         }
