@@ -27,12 +27,18 @@ pub fn end_status_line(bar: &ProgressBar) {
     STATUS_LINES.remove(bar);
 }
 
+/// Run `write` (to stdout or stderr) with the status lines lifted off the terminal, then redraw
+/// them: what is written lands on lines of its own.
+pub fn above_status_lines<R>(write: impl FnOnce() -> R) -> R {
+    STATUS_LINES.suspend(write)
+}
+
 /// stderr for the log: each write lifts the status lines, writes, and redraws them.
 pub struct AboveStatusLines;
 
 impl Write for AboveStatusLines {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        STATUS_LINES.suspend(|| std::io::stderr().lock().write_all(buf))?;
+        above_status_lines(|| std::io::stderr().lock().write_all(buf))?;
         Ok(buf.len())
     }
 
@@ -102,5 +108,16 @@ impl Drop for Progress {
     // A wait cut short by an error still leaves the terminal on a clean line for its message.
     fn drop(&mut self) {
         self.done();
+    }
+}
+
+/// Targets' waits (an ECS rollout) draw on the same kind of line as the rotation's own.
+impl rekey_adapters::WaitStatus for Progress {
+    fn update(&self, line: &str) {
+        Progress::update(self, line);
+    }
+
+    fn done(&self) {
+        Progress::done(self);
     }
 }

@@ -14,6 +14,7 @@
 //! - `rollback` is idempotent: it is safe when `apply` never ran, ran halfway, or was already undone.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -110,6 +111,22 @@ pub enum Role {
     Deployer,
 }
 
+/// Where a target's long waits (an ECS rollout) show how they are going: on a terminal, the
+/// command line's status line, shared with its other waits. Without one, a wait logs a line now
+/// and then.
+pub trait WaitStatus: Send + Sync {
+    /// How the wait stands now, in a few words (the display adds the time spent).
+    fn update(&self, line: &str);
+    /// The wait is over: take the line off.
+    fn done(&self);
+}
+
+impl fmt::Debug for dyn WaitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WaitStatus")
+    }
+}
+
 /// Settings that the command line gives to adapters.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -121,8 +138,8 @@ pub struct Options {
     pub restart_cmd: Option<String>,
     /// Bound on a restart command's run time.
     pub restart_timeout: Duration,
-    /// Show progress lines on stderr while waiting.
-    pub progress: bool,
+    /// Where long waits show their progress; None: log lines.
+    pub status: Option<Arc<dyn WaitStatus>>,
     /// The key being replaced, and the new one once it exists (known on resume from the journal):
     /// for targets that hand them to commands (`exec:`).
     pub old_key_id: Option<String>,
@@ -136,7 +153,7 @@ impl Default for Options {
             poll_interval: Duration::from_secs(6),
             restart_cmd: None,
             restart_timeout: Duration::from_secs(120),
-            progress: false,
+            status: None,
             old_key_id: None,
             new_key_id: None,
         }

@@ -2,9 +2,10 @@
 //! every account of a fleet run.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rekey_adapters::{Options, Target, TargetSpec};
+use rekey_adapters::{Options, Target, TargetSpec, WaitStatus};
 
 use crate::progress::Progress;
 use crate::rotate::clock::SystemClock;
@@ -114,13 +115,16 @@ impl Wiring {
 /// Builds the real target adapters and probes of a rotation.
 pub struct AwsFactory {
     sdk: aws_types::SdkConfig,
-    progress: bool,
+    /// The status line of the targets' own waits (ECS rollouts), on a terminal.
+    status: Option<Arc<dyn WaitStatus>>,
     poll_interval: Duration,
 }
 
 impl AwsFactory {
-    pub fn new(sdk: aws_types::SdkConfig, progress: bool) -> Self {
-        AwsFactory { sdk, progress, poll_interval: Duration::from_secs(5) }
+    /// `terminal`: the targets' waits show a status line, as the rotation's own do.
+    pub fn new(sdk: aws_types::SdkConfig, terminal: bool) -> Self {
+        let status = terminal.then(|| Arc::new(Progress::new(true)) as Arc<dyn WaitStatus>);
+        AwsFactory { sdk, status, poll_interval: Duration::from_secs(5) }
     }
 }
 
@@ -130,7 +134,7 @@ impl Factory for AwsFactory {
             ecs_timeout: cx.ecs_timeout,
             poll_interval: self.poll_interval,
             restart_cmd: cx.restart_cmd.map(str::to_string),
-            progress: self.progress,
+            status: self.status.clone(),
             old_key_id: Some(cx.old_key_id.to_string()),
             new_key_id: cx.new_key_id.map(str::to_string),
             ..Options::default()

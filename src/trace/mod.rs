@@ -114,7 +114,7 @@ pub async fn run(settings: Settings, sdk: Option<aws_types::SdkConfig>) -> Statu
         let refs: Vec<&dyn Source> = sources.iter().map(|s| s.as_ref()).collect();
         let mut live = Live::new();
         let mut out = Writer::new(format);
-        out.bar = live.bar.clone().filter(|_| std::io::stdout().is_terminal());
+        out.below_status_lines = live.terminal && std::io::stdout().is_terminal();
         let result =
             rekey_trail::scan_with_progress(&refs, &query, &mut |m| out.write_match(&m), &mut |p| live.update(p));
         live.finish();
@@ -354,8 +354,8 @@ struct Writer {
     /// Whether a match has been written (JSON needs commas between them; a table its header).
     started: bool,
     failed: Option<std::io::Error>,
-    /// The progress line, when stdout shares its terminal: hidden while a match is written.
-    bar: Option<ProgressBar>,
+    /// stdout shares the terminal of the progress line, which is lifted while a match is written.
+    below_status_lines: bool,
 }
 
 const COLUMNS: [(&str, usize); 7] = [
@@ -370,7 +370,7 @@ const COLUMNS: [(&str, usize); 7] = [
 
 impl Writer {
     fn new(format: Format) -> Self {
-        Writer { format, out: std::io::stdout(), started: false, failed: None, bar: None }
+        Writer { format, out: std::io::stdout(), started: false, failed: None, below_status_lines: false }
     }
 
     fn write_match(&mut self, m: &Match) {
@@ -430,14 +430,11 @@ impl Writer {
         }
         let mut out = self.out.lock();
         let mut put = || out.write_all(text.as_bytes()).and_then(|()| out.flush());
-        let written = match &self.bar {
-            Some(bar) => bar.suspend(put),
-            None => put(),
-        };
+        let written = if self.below_status_lines { crate::progress::above_status_lines(put) } else { put() };
         if let Err(e) = written {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
-                // The reader has gone (`| head`): it wants no more, and the engine cannot be
-                // stopped, so finishing would read the rest of the trail for nobody.
+                // The reader has gone (`| head`): it wants no more, and finishing would read the
+                // rest of the trail for nobody.
                 std::process::exit(Status::Ok.code());
             }
             self.failed = Some(e);

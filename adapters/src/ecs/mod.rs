@@ -97,7 +97,7 @@ impl EcsTarget {
             name: self.name.clone(),
             timeout: self.options.ecs_timeout,
             poll_interval: self.options.poll_interval,
-            progress: self.options.progress,
+            status: self.options.status.clone(),
         }
     }
 

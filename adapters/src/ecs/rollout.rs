@@ -4,13 +4,13 @@
 //! rolled back by the circuit breaker) are tested here against scripted service states.
 
 use std::fmt;
-use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::{ErrorKind, TargetError};
+use crate::{ErrorKind, TargetError, WaitStatus};
 
 /// One entry of a service's `deployments[]`, as the wait needs it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -166,8 +166,8 @@ pub struct WaitSettings {
     pub name: String,
     pub timeout: Duration,
     pub poll_interval: Duration,
-    /// One updating line on stderr instead of log lines.
-    pub progress: bool,
+    /// Where the wait shows its progress; None: a log line every [`LOG_EVERY`].
+    pub status: Option<Arc<dyn WaitStatus>>,
 }
 
 /// Throttling or a dropped connection during a long rollout should not fail a rotation at once.
@@ -184,7 +184,7 @@ pub async fn wait_rollout(
     settings: &WaitSettings,
 ) -> Result<(), TargetError> {
     let started = Instant::now();
-    let mut status = Status { settings, last_log: None, width: 0 };
+    let mut status = Status { settings, last_log: None };
     let mut id = match &which {
         Which::Id(id) => Some(id.clone()),
         Which::NewSince(_) => None,
@@ -252,28 +252,23 @@ pub async fn wait_rollout(
 struct Status<'a> {
     settings: &'a WaitSettings,
     last_log: Option<Instant>,
-    width: usize,
 }
 
 impl Status<'_> {
     fn show(&mut self, line: &str, waited: Duration, last: bool) {
-        let text = format!("{}: rollout {line}, {}s", self.settings.name, waited.as_secs());
-        if self.settings.progress {
-            // Padding, not an ANSI erase, so the line also reads right in a file or a dumb terminal.
-            let pad = self.width.saturating_sub(text.len());
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r{text}{:pad$}", "");
-            let _ = err.flush();
-            self.width = text.len();
-        } else if last || self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-            tracing::info!("{text}");
-            self.last_log = Some(Instant::now());
+        match &self.settings.status {
+            Some(status) => status.update(&format!("{}: rollout {line}", self.settings.name)),
+            None if last || self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) => {
+                tracing::info!("{}: rollout {line}, {}s", self.settings.name, waited.as_secs());
+                self.last_log = Some(Instant::now());
+            }
+            None => {}
         }
     }
 
     fn finish(&mut self) {
-        if self.settings.progress && self.width > 0 {
-            eprintln!();
+        if let Some(status) = &self.settings.status {
+            status.done();
         }
     }
 }
@@ -338,7 +333,7 @@ mod tests {
             name: "ecs:prod/api".into(),
             timeout: Duration::from_secs(600),
             poll_interval: Duration::from_secs(6),
-            progress: false,
+            status: None,
         }
     }
 
@@ -489,12 +484,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn progress_line_mode_completes_too() {
+    async fn a_status_line_shows_the_rollout_and_is_taken_off_at_the_end() {
+        #[derive(Default)]
+        struct Lines(Mutex<Vec<String>>);
+        impl WaitStatus for Lines {
+            fn update(&self, line: &str) {
+                self.0.lock().unwrap().push(line.to_string());
+            }
+            fn done(&self) {
+                self.0.lock().unwrap().push("<done>".into());
+            }
+        }
         let obs = Script::ok(vec![
             svc(vec![dep("new", "PRIMARY", Some("IN_PROGRESS"), 1, 2, 20)]),
             svc(vec![dep("new", "PRIMARY", Some("COMPLETED"), 2, 2, 20)]),
         ]);
-        let s = WaitSettings { progress: true, ..settings() };
+        let lines = Arc::new(Lines::default());
+        let s = WaitSettings { status: Some(lines.clone()), ..settings() };
         wait_rollout(&obs, Which::Id("new".into()), None, &s).await.unwrap();
+        let lines = lines.0.lock().unwrap().clone();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("ecs:prod/api: rollout ") && lines[0].contains("1/2"), "{lines:?}");
+        assert_eq!(lines[1..], ["ecs:prod/api: rollout complete", "<done>"]);
+
+        // A failed rollout takes its line off too.
+        let lines = Arc::new(Lines::default());
+        let obs = Script::ok(vec![svc(vec![dep("new", "PRIMARY", Some("FAILED"), 0, 2, 20)])]);
+        let s = WaitSettings { status: Some(lines.clone()), ..settings() };
+        assert!(wait_rollout(&obs, Which::Id("new".into()), None, &s).await.is_err());
+        assert_eq!(lines.0.lock().unwrap().last().map(String::as_str), Some("<done>"));
     }
 }
