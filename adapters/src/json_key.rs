@@ -23,7 +23,7 @@ pub(crate) struct KeyObject {
 impl KeyObject {
     /// Parse `text`, the value of `place` (`secret NAME`, `parameter NAME`), and find the first of
     /// `id_fields` and of `secret_fields` in it. `other_layout` ends the message for a value that
-    /// is not an object (what else the store can hold), or is empty.
+    /// is not an object: the store's other way of keeping a key, or nothing.
     pub(crate) fn parse(
         text: &str,
         place: &str,

@@ -277,13 +277,17 @@ async fn trail_sample(
                 query.since = Some(since);
                 query.until = Some(until);
                 query.stop = Some(stop.clone());
-                let _ = rekey_trail::scan(&refs, &query, &mut |m| {
+                let scanned = rekey_trail::scan(&refs, &query, &mut |m| {
                     if m.chain.len() == 1
                         && let Ok(v) = serde_json::from_str::<serde_json::Value>(&m.raw)
                     {
                         found.lock().expect("sample lock").push(SourceEvent::from_record(&v));
                     }
                 });
+                // A day cut short by the deadline is not a day read.
+                if scanned.is_ok_and(|s| s.stopped) {
+                    break;
+                }
                 *days_read.lock().expect("sample lock") = d + 1;
             }
         })
@@ -419,9 +423,10 @@ mod tests {
         })
         .await;
         let at_return = fetched.load(Ordering::SeqCst);
-        assert!(started.elapsed() < bounds.deadline + Duration::from_millis(400), "{:?}", started.elapsed());
+        // Reading everything would take 5 s; the margin is for a loaded machine.
+        assert!(started.elapsed() < bounds.deadline + Duration::from_secs(2), "{:?}", started.elapsed());
         assert!(s.trail_events > 0 && s.trail_events < 200, "{} trail events", s.trail_events);
-        assert!(s.notes.iter().any(|n| n.contains("read before the deadline")), "{:?}", s.notes);
+        assert!(s.notes.iter().any(|n| n.contains("0 of 7 day(s) read before the deadline")), "{:?}", s.notes);
         // 200 files at 25 ms would keep a scan that ignored the deadline reading for 5 s.
         tokio::time::sleep(Duration::from_millis(400)).await;
         let later = fetched.load(Ordering::SeqCst);

@@ -62,8 +62,8 @@ pub struct Query {
     /// a gzip bomb or a file of several GB must not exhaust memory.
     pub max_file_bytes: u64,
     /// Once set, the scan starts no more file and returns what it has found ([`Summary::stopped`]):
-    /// how a caller with a deadline (the incident's bounded sample) or a Ctrl-C ends it without
-    /// leaving a thread behind that reads on for nobody.
+    /// how a caller with a deadline (the incident's bounded sample) ends it without leaving a
+    /// thread behind that reads on for nobody.
     pub stop: Option<Arc<AtomicBool>>,
 }
 
